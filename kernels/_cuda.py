@@ -1,0 +1,52 @@
+"""Shared CUDA launch helpers: grid sizing, output allocation, float signatures for PTX checks."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from numba import types
+
+# Numba's simulator runs each thread as a Python thread: keep blocks small there so a test's few
+# hundred threads do not become thousands of idle ones.
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+THREADS = 32 if SIMULATOR else 256
+# Compute capability used for the PTX compile checks (any GPU since Volta).
+PTX_CC = (7, 0)
+
+
+def blocks_for(n: int, threads: int = THREADS) -> int:
+    """Number of blocks so that ``blocks * threads >= n`` (at least one)."""
+    return max(1, (int(n) + threads - 1) // threads)
+
+
+def xp_of(a: Any):
+    """The array module (numpy or cupy) that owns ``a``."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def empty_like_module(a: Any, shape: tuple[int, ...], dtype: Any = None, zero: bool = False) -> Any:
+    """An output array on the same side (host or device) as ``a``."""
+    xp = xp_of(a)
+    dt = a.dtype if dtype is None else dtype
+    return xp.zeros(shape, dtype=dt) if zero else xp.empty(shape, dtype=dt)
+
+
+def launch(kernel: Any, n: int, *args: Any) -> None:
+    """Launch a 1-D grid of at least ``n`` threads; each thread checks ``i < n`` itself."""
+    if n <= 0:
+        return
+    kernel[blocks_for(n), THREADS](*args)
+
+
+def float_array(ndim: int, dtype: Any) -> types.Array:
+    """A Numba array type for PTX signatures: ``float_array(4, np.float32)`` is float32[:, :, :, :]."""
+    return types.Array(types.from_dtype(np.dtype(dtype)), ndim, "C")
+
+
+FLOAT_DTYPES = (np.float32, np.float64)

@@ -1,0 +1,13 @@
+"""minisegnet.functional: every differentiable op (``import minisegnet.functional as F``).
+
+Each family lives in its own module and exports its public names through ``__all__``:
+core tensor ops and activations (``basic``), losses (``loss``), convolutions (``conv``),
+pooling and unpooling (``pooling``), upsampling (``upsample``), RoI operators and boxes (``roi``).
+"""
+
+from .basic import *  # noqa: F401,F403
+from .loss import *  # noqa: F401,F403
+from .conv import *  # noqa: F401,F403
+from .pooling import *  # noqa: F401,F403
+from .upsample import *  # noqa: F401,F403
+from .roi import *  # noqa: F401,F403
