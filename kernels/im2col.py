@@ -1,0 +1,378 @@
+"""im2col / col2im: turn a convolution into one matrix product, and back.
+
+Formula. For an input ``x`` of shape (N, C, H, W), a KH x KW window, stride (sh, sw), padding
+(ph, pw), dilation (dh, dw) and an output grid of OH x OW positions::
+
+    cols[n, (c*KH + p)*KW + q, i*OW + j] = x[n, c, i*sh - ph + p*dh, j*sw - pw + q*dw]
+
+with reads outside the input giving 0 (that *is* the zero padding). ``col2im`` is the adjoint
+(transpose) of that linear map: every column entry is added back to the input pixel it was read
+from, and entries that read padding are dropped::
+
+    x[n, c, h, w] = sum over (p, q, i, j) with i*sh - ph + p*dh == h and j*sw - pw + q*dw == w
+                    of cols[n, (c*KH + p)*KW + q, i*OW + j]
+
+Layout, and why. ``cols`` is (N, C*KH*KW, OH*OW): one row per (channel, tap), one column per
+output pixel. Then conv2d is a batched GEMM whose result is *already* NCHW::
+
+    y = W.reshape(O, C*KH*KW) @ cols                      # (O, C*KH*KW) @ (N, C*KH*KW, OH*OW)
+                                                          #   -> (N, O, OH*OW) = (N, O, OH, OW)
+
+and no transpose of the (large) output or of the (larger) columns is ever needed: the textbook
+layout (N*OH*OW, C*KH*KW) needs a transpose of y back to NCHW. Each row of ``cols`` is written
+as one contiguous stream, and the GEMM reads ``cols`` row-major, the order BLAS packs it in.
+Groups cost nothing: c is the slowest-varying part of the row index, so
+``cols.reshape(N, G, C/G*KH*KW, OH*OW)`` puts group g's rows together, and
+``W.reshape(G, O/G, C/G*KH*KW) @ that`` is the grouped conv, (N, G, O/G, OH*OW) = NCHW again.
+
+The output grid (OH, OW) is an argument rather than computed from the conv2d formula: a
+transposed convolution with ``output_padding`` (or with dilation > stride) is the adjoint of a
+conv2d restricted to the first OH x OW outputs, and both directions must agree on the grid.
+
+Versions in this file (one table ``IMPLS`` maps names to them, same signature for each):
+
+* ``reference``: plain Python loops over every (n, c, p, q, i, j), straight from the formula.
+  The oracle. Slow on purpose; keep shapes tiny.
+* ``numpy``: the classic vectorised textbook im2col (one strided slice of the padded input per
+  kernel tap, as in CS231n and "Deep Learning from Scratch"), and col2im as its adjoint (the same
+  slices, accumulated with ``+=``). Also the baseline the benchmarks compare against.
+* ``numba``: ``@njit(parallel=True, cache=True)``, one thread per (n, c) plane. im2col copies each
+  input row segment into its column row (the in-range span of each row is computed once, so the
+  inner loop is a branch-free copy); col2im zeroes a plane and adds each tap's rows into it, and
+  since one thread owns one plane the sums are race-free and deterministic.
+* ``cuda``: ``@cuda.jit``, one thread per output element. im2col: one thread per column entry.
+  col2im is a *gather*: one thread per input pixel sums the taps that read it (no atomics,
+  deterministic). Launchers accept NumPy or CuPy arrays.
+
+How to benchmark: conv2d is built on these kernels; ``benchmarks/`` times conv2d forward and
+backward against PyTorch and against the ``numpy`` version here (the textbook baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+from numba import cuda, prange, types
+
+from ._cuda import empty_like_module, launch
+
+Pair = tuple[int, int]
+
+# ============================================================================================
+# reference: loops straight from the formula
+# ============================================================================================
+
+
+def im2col_reference(
+    x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair
+) -> np.ndarray:
+    """cols (N, C*KH*KW, OH*OW) from x (N, C, H, W); see the module docstring for the formula."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = (
+        kernel_size, stride, padding, dilation, out_size)
+    cols = np.zeros((N, C * kh * kw, oh * ow), dtype=x.dtype)  # (N, C*KH*KW, OH*OW)
+    for n in range(N):
+        for c in range(C):
+            for p in range(kh):
+                for q in range(kw):
+                    for i in range(oh):
+                        for j in range(ow):
+                            h = i * sh - ph + p * dh
+                            w = j * sw - pw + q * dw
+                            if 0 <= h < H and 0 <= w < W:
+                                cols[n, (c * kh + p) * kw + q, i * ow + j] = x[n, c, h, w]
+    return cols
+
+
+def col2im_reference(
+    cols: np.ndarray, x_shape: tuple[int, int, int, int], kernel_size: Pair, stride: Pair,
+    padding: Pair, dilation: Pair, out_size: Pair,
+) -> np.ndarray:
+    """x (N, C, H, W) = the adjoint of im2col applied to cols (N, C*KH*KW, OH*OW)."""
+    N, C, H, W = x_shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = (
+        kernel_size, stride, padding, dilation, out_size)
+    x = np.zeros((N, C, H, W), dtype=cols.dtype)
+    for n in range(N):
+        for c in range(C):
+            for p in range(kh):
+                for q in range(kw):
+                    for i in range(oh):
+                        for j in range(ow):
+                            h = i * sh - ph + p * dh
+                            w = j * sw - pw + q * dw
+                            if 0 <= h < H and 0 <= w < W:
+                                x[n, c, h, w] += cols[n, (c * kh + p) * kw + q, i * ow + j]
+    return x
+
+
+# ============================================================================================
+# shared per-element helpers (called from both the @njit CPU kernels and the @cuda.jit kernels)
+# ============================================================================================
+
+
+@numba.njit(cache=True, inline="always")
+def _src(i: int, k: int, s: int, pad: int, d: int) -> int:
+    """Input coordinate read by output position i through kernel tap k: i*s - pad + k*d."""
+    return i * s - pad + k * d
+
+
+@numba.njit(cache=True, inline="always")
+def _dst(h: int, k: int, s: int, pad: int, d: int, n_out: int) -> int:
+    """The output position i whose tap k reads input coordinate h, or -1 if there is none."""
+    t = h + pad - k * d
+    if t < 0 or t % s != 0:
+        return -1
+    i = t // s
+    return i if i < n_out else -1
+
+
+@numba.njit(cache=True, inline="always")
+def _valid_range(k: int, s: int, pad: int, d: int, size: int, n_out: int) -> tuple[int, int]:
+    """[lo, hi): the output positions i in [0, n_out) whose tap k reads inside [0, size)."""
+    off = k * d - pad  # the input coordinate is i*s + off
+    lo = 0 if off >= 0 else (-off + s - 1) // s  # ceil(-off / s)
+    hi = (size - 1 - off) // s + 1  # floor division: <= 0 when the tap never lands inside
+    hi = min(max(hi, 0), n_out)
+    return min(lo, hi), hi
+
+
+# ============================================================================================
+# numpy: the textbook vectorised im2col (one strided slice per kernel tap)
+# ============================================================================================
+
+
+def im2col_numpy(
+    x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair
+) -> np.ndarray:
+    """cols (N, C*KH*KW, OH*OW): pad once, then copy one strided slice per tap (p, q)."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = (
+        kernel_size, stride, padding, dilation, out_size)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # (N, C, H+2ph, W+2pw)
+    cols = np.empty((N, C, kh, kw, oh, ow), dtype=x.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            h0, w0 = p * dh, q * dw
+            cols[:, :, p, q] = xp[:, :, h0:h0 + sh * (oh - 1) + 1:sh, w0:w0 + sw * (ow - 1) + 1:sw]
+    return cols.reshape(N, C * kh * kw, oh * ow)  # (N, C*KH*KW, OH*OW), a free reshape
+
+
+def col2im_numpy(
+    cols: np.ndarray, x_shape: tuple[int, int, int, int], kernel_size: Pair, stride: Pair,
+    padding: Pair, dilation: Pair, out_size: Pair,
+) -> np.ndarray:
+    """The adjoint of im2col_numpy: add each tap's slice back into a padded image, then crop."""
+    N, C, H, W = x_shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = (
+        kernel_size, stride, padding, dilation, out_size)
+    c6 = cols.reshape(N, C, kh, kw, oh, ow)  # (N, C, KH, KW, OH, OW)
+    xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            h0, w0 = p * dh, q * dw
+            xp[:, :, h0:h0 + sh * (oh - 1) + 1:sh, w0:w0 + sw * (ow - 1) + 1:sw] += c6[:, :, p, q]
+    return np.ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W])
+
+
+# ============================================================================================
+# numba: CPU kernels, one thread per (n, c) plane
+# ============================================================================================
+
+
+@numba.njit(parallel=True, cache=True)
+def _im2col_numba_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(kh):
+            i0, i1 = _valid_range(p, sh, ph, dh, H, oh)
+            for q in range(kw):
+                j0, j1 = _valid_range(q, sw, pw, dw, W, ow)
+                row = cols[n, (c * kh + p) * kw + q]  # (OH*OW,) one contiguous stream
+                for i in range(oh):
+                    base = i * ow
+                    if i < i0 or i >= i1:  # this output row's tap reads padding only
+                        for j in range(ow):
+                            row[base + j] = 0
+                        continue
+                    h = _src(i, p, sh, ph, dh)
+                    for j in range(j0):
+                        row[base + j] = 0
+                    w0 = _src(j0, q, sw, pw, dw)
+                    if sw == 1:  # the common case: a plain copy the compiler vectorises
+                        for j in range(j1 - j0):
+                            row[base + j0 + j] = x[n, c, h, w0 + j]
+                    else:
+                        for j in range(j1 - j0):
+                            row[base + j0 + j] = x[n, c, h, w0 + j * sw]
+                    for j in range(j1, ow):
+                        row[base + j] = 0
+
+
+@numba.njit(parallel=True, cache=True)
+def _col2im_numba_kernel(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, x):
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        plane = x[n, c]  # (H, W): owned by this thread alone, so += is race-free
+        plane[:, :] = 0
+        for p in range(kh):
+            i0, i1 = _valid_range(p, sh, ph, dh, H, oh)
+            for q in range(kw):
+                j0, j1 = _valid_range(q, sw, pw, dw, W, ow)
+                row = cols[n, (c * kh + p) * kw + q]  # (OH*OW,)
+                for i in range(i0, i1):
+                    h = _src(i, p, sh, ph, dh)
+                    w0 = _src(j0, q, sw, pw, dw)
+                    base = i * ow + j0
+                    if sw == 1:
+                        for j in range(j1 - j0):
+                            plane[h, w0 + j] += row[base + j]
+                    else:
+                        for j in range(j1 - j0):
+                            plane[h, w0 + j * sw] += row[base + j]
+
+
+def im2col_numba(
+    x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair
+) -> np.ndarray:
+    """cols (N, C*KH*KW, OH*OW), Numba CPU, parallel over (n, c) planes."""
+    x = np.ascontiguousarray(x)
+    N, C = x.shape[:2]
+    (kh, kw), (oh, ow) = kernel_size, out_size
+    cols = np.empty((N, C * kh * kw, oh * ow), dtype=x.dtype)
+    _im2col_numba_kernel(x, kh, kw, *stride, *padding, *dilation, oh, ow, cols)
+    return cols
+
+
+def col2im_numba(
+    cols: np.ndarray, x_shape: tuple[int, int, int, int], kernel_size: Pair, stride: Pair,
+    padding: Pair, dilation: Pair, out_size: Pair,
+) -> np.ndarray:
+    """x (N, C, H, W) = col2im(cols), Numba CPU, one thread per (n, c) plane (deterministic)."""
+    cols = np.ascontiguousarray(cols)
+    (kh, kw), (oh, ow) = kernel_size, out_size
+    x = np.empty(tuple(x_shape), dtype=cols.dtype)
+    _col2im_numba_kernel(cols, kh, kw, *stride, *padding, *dilation, oh, ow, x)
+    return x
+
+
+# ============================================================================================
+# cuda: one thread per output element; col2im is a gather
+# ============================================================================================
+
+
+def _im2col_cuda(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols, total):
+    t = cuda.grid(1)
+    if t >= total:
+        return
+    # t enumerates cols in memory order (j fastest), so neighbouring threads write neighbours.
+    j = t % ow
+    r = t // ow
+    i = r % oh
+    r = r // oh
+    row = r % (cols.shape[1])
+    n = r // cols.shape[1]
+    q = row % kw
+    p = (row // kw) % kh
+    c = row // (kh * kw)
+    h = _src(i, p, sh, ph, dh)
+    w = _src(j, q, sw, pw, dw)
+    v = x.dtype.type(0)
+    if 0 <= h < x.shape[2] and 0 <= w < x.shape[3]:
+        v = x[n, c, h, w]
+    cols[n, row, i * ow + j] = v
+
+
+def _col2im_cuda(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, x, total):
+    t = cuda.grid(1)
+    if t >= total:
+        return
+    W = x.shape[3]
+    H = x.shape[2]
+    C = x.shape[1]
+    w = t % W
+    r = t // W
+    h = r % H
+    r = r // H
+    c = r % C
+    n = r // C
+    # Gather: sum every column entry that im2col copied from (h, w).
+    acc = x.dtype.type(0)
+    for p in range(kh):
+        i = _dst(h, p, sh, ph, dh, oh)
+        if i < 0:
+            continue
+        for q in range(kw):
+            j = _dst(w, q, sw, pw, dw, ow)
+            if j >= 0:
+                acc += cols[n, (c * kh + p) * kw + q, i * ow + j]
+    x[n, c, h, w] = acc
+
+
+im2col_cuda_kernel = cuda.jit(_im2col_cuda)
+col2im_cuda_kernel = cuda.jit(_col2im_cuda)
+
+
+def im2col_cuda(
+    x: Any, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair
+) -> Any:
+    """cols (N, C*KH*KW, OH*OW) on the GPU (or the simulator for NumPy input)."""
+    N, C = x.shape[:2]
+    (kh, kw), (oh, ow) = kernel_size, out_size
+    cols = empty_like_module(x, (N, C * kh * kw, oh * ow))
+    total = cols.size
+    launch(im2col_cuda_kernel, total, x, kh, kw, *stride, *padding, *dilation, oh, ow, cols, total)
+    return cols
+
+
+def col2im_cuda(
+    cols: Any, x_shape: tuple[int, int, int, int], kernel_size: Pair, stride: Pair,
+    padding: Pair, dilation: Pair, out_size: Pair,
+) -> Any:
+    """x (N, C, H, W) = col2im(cols) as a per-pixel gather on the GPU: deterministic."""
+    (kh, kw), (oh, ow) = kernel_size, out_size
+    x = empty_like_module(cols, tuple(x_shape))
+    total = x.size
+    launch(col2im_cuda_kernel, total, cols, kh, kw, *stride, *padding, *dilation, oh, ow, x, total)
+    return x
+
+
+# ============================================================================================
+# tables
+# ============================================================================================
+
+IMPLS = {
+    "im2col": {
+        "reference": im2col_reference,
+        "numpy": im2col_numpy,
+        "numba": im2col_numba,
+        "cuda": im2col_cuda,
+    },
+    "col2im": {
+        "reference": col2im_reference,
+        "numpy": col2im_numpy,
+        "numba": col2im_numba,
+        "cuda": col2im_cuda,
+    },
+}
+
+_I = types.int64
+
+
+def _arr(ndim: int, dtype: Any) -> types.Array:
+    # Same as _cuda.float_array (which calls types.from_dtype, absent in Numba 0.68).
+    return types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C")
+
+
+PTX = [
+    (_im2col_cuda, [(_arr(4, dt), *[_I] * 11, _arr(3, dt), _I)
+                    for dt in (np.float32, np.float64)]),
+    (_col2im_cuda, [(_arr(3, dt), *[_I] * 11, _arr(4, dt), _I)
+                    for dt in (np.float32, np.float64)]),
+]
