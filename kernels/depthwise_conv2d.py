@@ -48,7 +48,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import cuda, njit, prange, types
+from numba import cuda, get_num_threads, njit, prange, types
 from numba.np.numpy_support import from_dtype
 
 from ._cuda import THREADS, empty_like_module, launch, xp_of
@@ -239,110 +239,219 @@ def depthwise_conv2d_backward_weight_numpy(x: np.ndarray, gy: np.ndarray, w_shap
 # =============================================================================================
 # numba
 # =============================================================================================
+# Every task pads one (n, c) plane into a private zero buffer first, so the inner loops have no
+# bounds logic at all: each is `for j in range(OW)` over slices that start at 0, the form LLVM
+# vectorises (an index like `j + off` keeps Numba's negative-index wraparound and stays scalar).
+# Tasks are chunked so that each chunk allocates its buffer once.
+@njit(cache=True)
+def _pad_into(buf, src, oh, ow):
+    """buf[:, :] = 0, then buf[r + oh, s + ow] = src[r, s] wherever both are inside (oh/ow may be < 0)."""
+    buf[:, :] = 0
+    HB, WB = buf.shape
+    H, W = src.shape
+    r0, r1 = max(0, -oh), min(H, HB - oh)
+    c0, c1 = max(0, -ow), min(W, WB - ow)
+    for r in range(r0, r1):
+        br = buf[r + oh, c0 + ow: c1 + ow]
+        sr = src[r, c0:c1]
+        for k in range(c1 - c0):
+            br[k] = sr[k]
+
+
+@njit(cache=True)
+def _axpy(out, a, xs):
+    """out[j] += a * xs[j] (compiled once for contiguous xs, the vectorised case, and once strided)."""
+    for j in range(out.shape[0]):
+        out[j] += a * xs[j]
+
+
+@njit(cache=True)
+def _mul_add(out, xs, ys):
+    """out[j] += xs[j] * ys[j]."""
+    for j in range(out.shape[0]):
+        out[j] += xs[j] * ys[j]
+
+
+@njit(cache=True)
+def _taps3x3(out, wk, a0, a1, a2, b0, b1, b2, c0, c1, c2):
+    """out[j] += the nine taps of a 3x3 window: nine loads and one store per output, fused."""
+    w00, w01, w02 = wk[0, 0], wk[0, 1], wk[0, 2]
+    w10, w11, w12 = wk[1, 0], wk[1, 1], wk[1, 2]
+    w20, w21, w22 = wk[2, 0], wk[2, 1], wk[2, 2]
+    for j in range(out.shape[0]):
+        out[j] += ((w00 * a0[j] + w01 * a1[j] + w02 * a2[j])
+                   + (w10 * b0[j] + w11 * b1[j] + w12 * b2[j])
+                   + (w20 * c0[j] + w21 * c1[j] + w22 * c2[j]))
+
+
+@njit(cache=True)
+def _corr_row(out, P, wk, r0, sw, dh, dw, accumulate):
+    """out[j] (+)= sum_{p,q} wk[p, q] * P[r0 + p*dh, j*sw + q*dw]: one output row from a padded plane.
+
+    Slices are taken without a step when sw == 1 so that Numba types them contiguous and the loops
+    in _axpy / _taps3x3 vectorise.
+    """
+    OW = out.shape[0]
+    KH, KW = wk.shape
+    span = (OW - 1) * sw + 1
+    if not accumulate:
+        out[:] = 0
+    if KH == 3 and KW == 3:
+        r1, r2 = r0 + dh, r0 + 2 * dh
+        if sw == 1:
+            _taps3x3(out, wk, P[r0, 0:OW], P[r0, dw:dw + OW], P[r0, 2 * dw:2 * dw + OW],
+                     P[r1, 0:OW], P[r1, dw:dw + OW], P[r1, 2 * dw:2 * dw + OW],
+                     P[r2, 0:OW], P[r2, dw:dw + OW], P[r2, 2 * dw:2 * dw + OW])
+        else:
+            _taps3x3(out, wk, P[r0, 0:span:sw], P[r0, dw:dw + span:sw],
+                     P[r0, 2 * dw:2 * dw + span:sw], P[r1, 0:span:sw], P[r1, dw:dw + span:sw],
+                     P[r1, 2 * dw:2 * dw + span:sw], P[r2, 0:span:sw], P[r2, dw:dw + span:sw],
+                     P[r2, 2 * dw:2 * dw + span:sw])
+        return
+    for p in range(KH):
+        r = r0 + p * dh
+        for q in range(KW):
+            if sw == 1:
+                _axpy(out, wk[p, q], P[r, q * dw: q * dw + OW])
+            else:
+                _axpy(out, wk[p, q], P[r, q * dw: q * dw + span: sw])
+
+
 @njit(parallel=True, cache=True)
-def _forward_numba(x, w, y, sh, sw, ph, pw, dh, dw):
+def _forward_numba(x, w, y, sh, sw, ph, pw, dh, dw, nthreads):
     N, C, H, W = x.shape
     CO, _, KH, KW = w.shape
     OH, OW = y.shape[2], y.shape[3]
+    if OH <= 0 or OW <= 0:
+        return
     m = max(CO // C, 1)
-    for t in prange(N * CO):  # one (n, o) output plane per iteration
-        n, o = t // CO, t % CO
-        c = o // m
-        yp = y[n, o]
-        yp[:, :] = 0
-        if c >= C:
-            continue
-        xp = x[n, c]
-        for i in range(OH):
-            yr = yp[i]
-            for p in range(KH):
-                h = i * sh - ph + p * dh
-                if h < 0 or h >= H:
-                    continue
-                xr = xp[h]
-                for q in range(KW):
-                    wv = w[o, 0, p, q]
-                    off = q * dw - pw  # input column of output j is j*sw + off
-                    j0, j1 = _col_range(off, sw, W, OW)
-                    if sw == 1:  # contiguous: the loop LLVM vectorises
-                        for j in range(j0, j1):
-                            yr[j] += wv * xr[j + off]
-                    else:
-                        for j in range(j0, j1):
-                            yr[j] += wv * xr[j * sw + off]
+    HP, WP = (OH - 1) * sh + (KH - 1) * dh + 1, (OW - 1) * sw + (KW - 1) * dw + 1
+    ntask = N * C
+    nchunk = min(ntask, 4 * nthreads)
+    for ch in prange(nchunk):
+        P = np.empty((HP, WP), dtype=x.dtype)  # the padded input plane, (HP, WP)
+        for t in range(ch * ntask // nchunk, (ch + 1) * ntask // nchunk):
+            n, c = t // C, t % C
+            _pad_into(P, x[n, c], ph, pw)
+            for k in range(m):  # the plane serves all m output channels that read it
+                o = c * m + k
+                if o >= CO:
+                    break
+                for i in range(OH):
+                    _corr_row(y[n, o, i], P, w[o, 0], i * sh, sw, dh, dw, False)
 
 
 @njit(parallel=True, cache=True)
-def _backward_input_numba(gy, w, gx, sh, sw, ph, pw, dh, dw):
+def _backward_input_numba(gy, w, wf, gx, sh, sw, ph, pw, dh, dw, nthreads):
     N, C, H, W = gx.shape
     CO = min(w.shape[0], gy.shape[1])
     KH, KW = w.shape[2], w.shape[3]
     OH, OW = gy.shape[2], gy.shape[3]
     m = max(w.shape[0] // C, 1)
-    for t in prange(N * C):  # one (n, c) input plane per iteration: it owns its gradient
-        n, c = t // C, t % C
-        gp = gx[n, c]
-        gp[:, :] = 0
-        if n >= gy.shape[0]:
-            continue
-        for h in range(H):
-            gr = gp[h]
-            # Gather: input row h collects every (output row, tap row) pair that reads it.
-            for k in range(m):
-                o = c * m + k
-                if o >= CO:
-                    break
-                for p in range(KH):
-                    i = _out_index(h, p, sh, ph, dh, OH)
-                    if i < 0:
-                        continue
-                    gyr = gy[n, o, i]
-                    for q in range(KW):
-                        wv = w[o, 0, p, q]
-                        off = q * dw - pw
-                        j0, j1 = _col_range(off, sw, W, OW)
-                        if sw == 1:
-                            for j in range(j0, j1):
-                                gr[j + off] += wv * gyr[j]
-                        else:
-                            for j in range(j0, j1):
-                                gr[j * sw + off] += wv * gyr[j]
+    NN = min(N, gy.shape[0])
+    ntask = N * C
+    nchunk = max(min(ntask, 4 * nthreads), 1)
+    if sh == 1 and sw == 1:
+        # Stride 1: a pure gather. gx[h, v] = sum_{p,q} wf[p, q] * B[h + p*dh, v + q*dw], the forward
+        # correlation with the flipped kernel wf over the output gradient padded into B.
+        HB, WB = H + (KH - 1) * dh, W + (KW - 1) * dw
+        for ch in prange(nchunk):
+            B = np.empty((HB, WB), dtype=gy.dtype)
+            for t in range(ch * ntask // nchunk, (ch + 1) * ntask // nchunk):
+                n, c = t // C, t % C
+                gx[n, c, :, :] = 0
+                if n >= NN:
+                    continue
+                for k in range(m):
+                    o = c * m + k
+                    if o >= CO:
+                        break
+                    _pad_into(B, gy[n, o], (KH - 1) * dh - ph, (KW - 1) * dw - pw)
+                    for h in range(H):
+                        _corr_row(gx[n, c, h], B, wf[o, 0], h, 1, dh, dw, True)
+        return
+    # Stride > 1: still a gather, one input row at a time. Padded row h + ph collects the output
+    # rows i (and taps p) with i*sh + p*dh = h + ph; each tap q adds a strided slice of that output
+    # row into the row buffer. The task owns the row, so the order of the sums is fixed.
+    WP = (OW - 1) * sw + (KW - 1) * dw + 1 if OW > 0 else 0
+    span = (OW - 1) * sw + 1
+    v0, v1 = max(0, -pw), min(W, WP - pw)  # input columns some window reaches
+    for ch in prange(nchunk):
+        row = np.empty(WP, dtype=gy.dtype)  # one padded input row, (WP,)
+        for t in range(ch * ntask // nchunk, (ch + 1) * ntask // nchunk):
+            n, c = t // C, t % C
+            gx[n, c, :, :] = 0
+            if n >= NN:
+                continue
+            for h in range(H):
+                row[:] = 0
+                for k in range(m):
+                    o = c * m + k
+                    if o >= CO:
+                        break
+                    for p in range(KH):
+                        i = _out_index(h, p, sh, ph, dh, OH)
+                        if i < 0:
+                            continue
+                        gyr = gy[n, o, i]
+                        for q in range(KW):
+                            if sw == 1:
+                                _axpy(row[q * dw: q * dw + OW], w[o, 0, p, q], gyr)
+                            else:
+                                _axpy(row[q * dw: q * dw + span: sw], w[o, 0, p, q], gyr)
+                gxr = gx[n, c, h]
+                for v in range(v0, v1):  # crop the padding away
+                    gxr[v] = row[v + pw]
 
 
 @njit(parallel=True, cache=True)
-def _backward_weight_numba(x, gy, gw, sh, sw, ph, pw, dh, dw):
+def _backward_weight_numba(x, gy, gw, sh, sw, ph, pw, dh, dw, nthreads):
     N, C, H, W = x.shape
     CO, _, KH, KW = gw.shape
     OH, OW = gy.shape[2], gy.shape[3]
     NN = min(N, gy.shape[0])
+    CC = min(CO, gy.shape[1])
     m = max(CO // C, 1)
-    for o in prange(CO):  # one output channel's KH*KW weights per iteration
-        c = o // m
-        # Per-tap row accumulators: an elementwise multiply-add vectorises where a running scalar
-        # sum would not (LLVM may not reorder float additions); summed once at the end.
-        acc = np.zeros((KH * KW, OW), dtype=gw.dtype)
-        if c < C and o < gy.shape[1]:
-            for n in range(NN):
-                for i in range(OH):
-                    gyr = gy[n, o, i]
+    # partial[n, o, p, q]: image n's share; summed over n in a fixed order at the end (deterministic
+    # and independent of the thread count).
+    partial = np.zeros((max(NN, 1), CO, KH, KW), dtype=gw.dtype)
+    if OH > 0 and OW > 0 and NN > 0:
+        HP, WP = (OH - 1) * sh + (KH - 1) * dh + 1, (OW - 1) * sw + (KW - 1) * dw + 1
+        span = (OW - 1) * sw + 1
+        ntask = NN * C
+        nchunk = min(ntask, 4 * nthreads)
+        for ch in prange(nchunk):
+            P = np.empty((HP, WP), dtype=x.dtype)
+            # Per-tap row accumulators: an elementwise multiply-add vectorises where a running
+            # scalar sum would not (LLVM may not reorder float additions).
+            acc = np.empty((KH * KW, OW), dtype=gw.dtype)
+            for t in range(ch * ntask // nchunk, (ch + 1) * ntask // nchunk):
+                n, c = t // C, t % C
+                _pad_into(P, x[n, c], ph, pw)
+                for k in range(m):
+                    o = c * m + k
+                    if o >= CC:
+                        break
+                    acc[:, :] = 0
+                    for i in range(OH):
+                        gyr = gy[n, o, i]
+                        for p in range(KH):
+                            r = i * sh + p * dh
+                            for q in range(KW):
+                                if sw == 1:
+                                    _mul_add(acc[p * KW + q], P[r, q * dw: q * dw + OW], gyr)
+                                else:
+                                    _mul_add(acc[p * KW + q], P[r, q * dw: q * dw + span: sw], gyr)
                     for p in range(KH):
-                        h = i * sh - ph + p * dh
-                        if h < 0 or h >= H:
-                            continue
-                        xr = x[n, c, h]
                         for q in range(KW):
-                            a = acc[p * KW + q]
-                            off = q * dw - pw
-                            j0, j1 = _col_range(off, sw, W, OW)
-                            if sw == 1:
-                                for j in range(j0, j1):
-                                    a[j] += xr[j + off] * gyr[j]
-                            else:
-                                for j in range(j0, j1):
-                                    a[j] += xr[j * sw + off] * gyr[j]
+                            partial[n, o, p, q] = acc[p * KW + q].sum()
+    for o in prange(CO):
         for p in range(KH):
             for q in range(KW):
-                gw[o, 0, p, q] = acc[p * KW + q].sum()
+                s = partial[0, o, p, q]
+                for n in range(1, NN):
+                    s += partial[n, o, p, q]
+                gw[o, 0, p, q] = s
 
 
 def depthwise_conv2d_numba(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair,
@@ -354,18 +463,19 @@ def depthwise_conv2d_numba(x: np.ndarray, w: np.ndarray, stride: Pair, padding: 
     CO, _, KH, KW = w.shape
     OH, OW = _out_size(H, KH, g[0], g[2], g[4]), _out_size(W, KW, g[1], g[3], g[5])
     y = np.empty((N, CO, OH, OW), dtype=x.dtype)
-    _forward_numba(x, w, y, *g)
+    _forward_numba(x, w, y, *g, get_num_threads())
     return y
 
 
 def depthwise_conv2d_backward_input_numba(gy: np.ndarray, w: np.ndarray, x_shape: tuple,
                                           stride: Pair, padding: Pair,
                                           dilation: Pair) -> np.ndarray:
-    """Numba CPU input gradient: gx (N, C, H, W), a per-row gather."""
+    """Numba CPU input gradient: gx (N, C, H, W)."""
     g = _ints(stride, padding, dilation)
     gy, w = np.ascontiguousarray(gy), np.ascontiguousarray(w, dtype=gy.dtype)
+    wf = np.ascontiguousarray(w[:, :, ::-1, ::-1])  # (C*m, 1, KH, KW), flipped in both axes
     gx = np.empty(tuple(int(s) for s in x_shape), dtype=gy.dtype)
-    _backward_input_numba(gy, w, gx, *g)
+    _backward_input_numba(gy, w, wf, gx, *g, get_num_threads())
     return gx
 
 
@@ -376,7 +486,7 @@ def depthwise_conv2d_backward_weight_numba(x: np.ndarray, gy: np.ndarray, w_shap
     g = _ints(stride, padding, dilation)
     x, gy = np.ascontiguousarray(x), np.ascontiguousarray(gy, dtype=x.dtype)
     gw = np.empty(tuple(int(s) for s in w_shape), dtype=x.dtype)
-    _backward_weight_numba(x, gy, gw, *g)
+    _backward_weight_numba(x, gy, gw, *g, get_num_threads())
     return gw
 
 

@@ -29,6 +29,12 @@ The output grid (OH, OW) is an argument rather than computed from the conv2d for
 transposed convolution with ``output_padding`` (or with dilation > stride) is the adjoint of a
 conv2d restricted to the first OH x OW outputs, and both directions must agree on the grid.
 
+Row blocks. ``rows=(r0, r1)`` restricts both kernels to output rows r0 <= i < r1: im2col then
+returns (N, C*KH*KW, (r1-r0)*OW), the block of columns those rows need, and col2im adds that block
+back. With ``acc=`` col2im adds into an existing image instead of a zeroed one, so a convolution
+can walk over row blocks whose columns fit in cache (``minisegnet/functional/conv.py`` does this
+on the CPU): the full column matrix, 9x the input for a 3x3 kernel, never exists in memory.
+
 Versions in this file (one table ``IMPLS`` maps names to them, same signature for each):
 
 * ``reference``: plain Python loops over every (n, c, p, q, i, j), straight from the formula.
@@ -66,45 +72,49 @@ Pair = tuple[int, int]
 
 
 def im2col_reference(
-    x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair
+    x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair,
+    rows: Pair | None = None,
 ) -> np.ndarray:
-    """cols (N, C*KH*KW, OH*OW) from x (N, C, H, W); see the module docstring for the formula."""
+    """cols (N, C*KH*KW, R*OW) from x (N, C, H, W) for output rows [r0, r1) (default: all OH)."""
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = (
         kernel_size, stride, padding, dilation, out_size)
-    cols = np.zeros((N, C * kh * kw, oh * ow), dtype=x.dtype)  # (N, C*KH*KW, OH*OW)
+    r0, r1 = rows or (0, oh)
+    cols = np.zeros((N, C * kh * kw, (r1 - r0) * ow), dtype=x.dtype)  # (N, C*KH*KW, R*OW)
     for n in range(N):
         for c in range(C):
             for p in range(kh):
                 for q in range(kw):
-                    for i in range(oh):
+                    for i in range(r0, r1):
                         for j in range(ow):
                             h = i * sh - ph + p * dh
                             w = j * sw - pw + q * dw
                             if 0 <= h < H and 0 <= w < W:
-                                cols[n, (c * kh + p) * kw + q, i * ow + j] = x[n, c, h, w]
+                                cols[n, (c * kh + p) * kw + q, (i - r0) * ow + j] = x[n, c, h, w]
     return cols
 
 
 def col2im_reference(
     cols: np.ndarray, x_shape: tuple[int, int, int, int], kernel_size: Pair, stride: Pair,
-    padding: Pair, dilation: Pair, out_size: Pair,
+    padding: Pair, dilation: Pair, out_size: Pair, rows: Pair | None = None, acc: Any = None,
 ) -> np.ndarray:
-    """x (N, C, H, W) = the adjoint of im2col applied to cols (N, C*KH*KW, OH*OW)."""
+    """x (N, C, H, W) = the adjoint of im2col applied to cols (N, C*KH*KW, R*OW), added to
+    ``acc`` when given (and returned), else to zeros."""
     N, C, H, W = x_shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = (
         kernel_size, stride, padding, dilation, out_size)
-    x = np.zeros((N, C, H, W), dtype=cols.dtype)
+    r0, r1 = rows or (0, oh)
+    x = np.zeros((N, C, H, W), dtype=cols.dtype) if acc is None else acc
     for n in range(N):
         for c in range(C):
             for p in range(kh):
                 for q in range(kw):
-                    for i in range(oh):
+                    for i in range(r0, r1):
                         for j in range(ow):
                             h = i * sh - ph + p * dh
                             w = j * sw - pw + q * dw
                             if 0 <= h < H and 0 <= w < W:
-                                x[n, c, h, w] += cols[n, (c * kh + p) * kw + q, i * ow + j]
+                                x[n, c, h, w] += cols[n, (c * kh + p) * kw + q, (i - r0) * ow + j]
     return x
 
 
@@ -145,36 +155,44 @@ def _valid_range(k: int, s: int, pad: int, d: int, size: int, n_out: int) -> tup
 
 
 def im2col_numpy(
-    x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair
+    x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair,
+    rows: Pair | None = None,
 ) -> np.ndarray:
-    """cols (N, C*KH*KW, OH*OW): pad once, then copy one strided slice per tap (p, q)."""
+    """cols (N, C*KH*KW, R*OW): pad once, then copy one strided slice per tap (p, q)."""
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = (
         kernel_size, stride, padding, dilation, out_size)
+    r0, r1 = rows or (0, oh)
+    R = r1 - r0
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # (N, C, H+2ph, W+2pw)
-    cols = np.empty((N, C, kh, kw, oh, ow), dtype=x.dtype)
+    cols = np.empty((N, C, kh, kw, R, ow), dtype=x.dtype)
     for p in range(kh):
         for q in range(kw):
-            h0, w0 = p * dh, q * dw
-            cols[:, :, p, q] = xp[:, :, h0:h0 + sh * (oh - 1) + 1:sh, w0:w0 + sw * (ow - 1) + 1:sw]
-    return cols.reshape(N, C * kh * kw, oh * ow)  # (N, C*KH*KW, OH*OW), a free reshape
+            h0, w0 = p * dh + r0 * sh, q * dw
+            cols[:, :, p, q] = xp[:, :, h0:h0 + sh * (R - 1) + 1:sh, w0:w0 + sw * (ow - 1) + 1:sw]
+    return cols.reshape(N, C * kh * kw, R * ow)  # (N, C*KH*KW, R*OW), a free reshape
 
 
 def col2im_numpy(
     cols: np.ndarray, x_shape: tuple[int, int, int, int], kernel_size: Pair, stride: Pair,
-    padding: Pair, dilation: Pair, out_size: Pair,
+    padding: Pair, dilation: Pair, out_size: Pair, rows: Pair | None = None, acc: Any = None,
 ) -> np.ndarray:
     """The adjoint of im2col_numpy: add each tap's slice back into a padded image, then crop."""
     N, C, H, W = x_shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = (
         kernel_size, stride, padding, dilation, out_size)
-    c6 = cols.reshape(N, C, kh, kw, oh, ow)  # (N, C, KH, KW, OH, OW)
+    r0, r1 = rows or (0, oh)
+    R = r1 - r0
+    c6 = cols.reshape(N, C, kh, kw, R, ow)  # (N, C, KH, KW, R, OW)
     xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
     for p in range(kh):
         for q in range(kw):
-            h0, w0 = p * dh, q * dw
-            xp[:, :, h0:h0 + sh * (oh - 1) + 1:sh, w0:w0 + sw * (ow - 1) + 1:sw] += c6[:, :, p, q]
-    return np.ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W])
+            h0, w0 = p * dh + r0 * sh, q * dw
+            xp[:, :, h0:h0 + sh * (R - 1) + 1:sh, w0:w0 + sw * (ow - 1) + 1:sw] += c6[:, :, p, q]
+    if acc is None:
+        return np.ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W])
+    acc += xp[:, :, ph:ph + H, pw:pw + W]
+    return acc
 
 
 # ============================================================================================
@@ -183,18 +201,19 @@ def col2im_numpy(
 
 
 @numba.njit(parallel=True, cache=True)
-def _im2col_numba_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
+def _im2col_numba_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, cols):
     N, C, H, W = x.shape
+    R = cols.shape[2] // ow  # output rows r0 .. r0+R-1
     for nc in prange(N * C):
         n = nc // C
         c = nc - n * C
         for p in range(kh):
-            i0, i1 = _valid_range(p, sh, ph, dh, H, oh)
+            i0, i1 = _valid_range(p, sh, ph, dh, H, r0 + R)
             for q in range(kw):
                 j0, j1 = _valid_range(q, sw, pw, dw, W, ow)
-                row = cols[n, (c * kh + p) * kw + q]  # (OH*OW,) one contiguous stream
-                for i in range(oh):
-                    base = i * ow
+                row = cols[n, (c * kh + p) * kw + q]  # (R*OW,) one contiguous stream
+                for i in range(r0, r0 + R):
+                    base = (i - r0) * ow
                     if i < i0 or i >= i1:  # this output row's tap reads padding only
                         for j in range(ow):
                             row[base + j] = 0
@@ -214,22 +233,24 @@ def _im2col_numba_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
 
 
 @numba.njit(parallel=True, cache=True)
-def _col2im_numba_kernel(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, x):
+def _col2im_numba_kernel(cols, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, x, accumulate):
     N, C, H, W = x.shape
+    R = cols.shape[2] // ow
     for nc in prange(N * C):
         n = nc // C
         c = nc - n * C
         plane = x[n, c]  # (H, W): owned by this thread alone, so += is race-free
-        plane[:, :] = 0
+        if not accumulate:
+            plane[:, :] = 0
         for p in range(kh):
-            i0, i1 = _valid_range(p, sh, ph, dh, H, oh)
+            i0, i1 = _valid_range(p, sh, ph, dh, H, r0 + R)
             for q in range(kw):
                 j0, j1 = _valid_range(q, sw, pw, dw, W, ow)
-                row = cols[n, (c * kh + p) * kw + q]  # (OH*OW,)
-                for i in range(i0, i1):
+                row = cols[n, (c * kh + p) * kw + q]  # (R*OW,)
+                w0 = _src(j0, q, sw, pw, dw)
+                for i in range(max(i0, r0), i1):
                     h = _src(i, p, sh, ph, dh)
-                    w0 = _src(j0, q, sw, pw, dw)
-                    base = i * ow + j0
+                    base = (i - r0) * ow + j0
                     if sw == 1:
                         for j in range(j1 - j0):
                             plane[h, w0 + j] += row[base + j]
@@ -239,26 +260,29 @@ def _col2im_numba_kernel(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, x):
 
 
 def im2col_numba(
-    x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair
+    x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair,
+    rows: Pair | None = None,
 ) -> np.ndarray:
-    """cols (N, C*KH*KW, OH*OW), Numba CPU, parallel over (n, c) planes."""
+    """cols (N, C*KH*KW, R*OW), Numba CPU, parallel over (n, c) planes."""
     x = np.ascontiguousarray(x)
     N, C = x.shape[:2]
     (kh, kw), (oh, ow) = kernel_size, out_size
-    cols = np.empty((N, C * kh * kw, oh * ow), dtype=x.dtype)
-    _im2col_numba_kernel(x, kh, kw, *stride, *padding, *dilation, oh, ow, cols)
+    r0, r1 = rows or (0, oh)
+    cols = np.empty((N, C * kh * kw, (r1 - r0) * ow), dtype=x.dtype)
+    _im2col_numba_kernel(x, kh, kw, *stride, *padding, *dilation, r0, ow, cols)
     return cols
 
 
 def col2im_numba(
     cols: np.ndarray, x_shape: tuple[int, int, int, int], kernel_size: Pair, stride: Pair,
-    padding: Pair, dilation: Pair, out_size: Pair,
+    padding: Pair, dilation: Pair, out_size: Pair, rows: Pair | None = None, acc: Any = None,
 ) -> np.ndarray:
-    """x (N, C, H, W) = col2im(cols), Numba CPU, one thread per (n, c) plane (deterministic)."""
+    """x (N, C, H, W) = col2im(cols) (+ acc), Numba CPU, one thread per (n, c) plane."""
     cols = np.ascontiguousarray(cols)
     (kh, kw), (oh, ow) = kernel_size, out_size
-    x = np.empty(tuple(x_shape), dtype=cols.dtype)
-    _col2im_numba_kernel(cols, kh, kw, *stride, *padding, *dilation, oh, ow, x)
+    r0 = rows[0] if rows else 0
+    x = np.empty(tuple(x_shape), dtype=cols.dtype) if acc is None else acc
+    _col2im_numba_kernel(cols, kh, kw, *stride, *padding, *dilation, r0, ow, x, acc is not None)
     return x
 
 
@@ -267,21 +291,22 @@ def col2im_numba(
 # ============================================================================================
 
 
-def _im2col_cuda(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols, total):
+def _im2col_cuda(x, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, cols, total):
     t = cuda.grid(1)
     if t >= total:
         return
     # t enumerates cols in memory order (j fastest), so neighbouring threads write neighbours.
+    R = cols.shape[2] // ow
     j = t % ow
     r = t // ow
-    i = r % oh
-    r = r // oh
-    row = r % (cols.shape[1])
+    i = r % R
+    r = r // R
+    row = r % cols.shape[1]
     n = r // cols.shape[1]
     q = row % kw
     p = (row // kw) % kh
     c = row // (kh * kw)
-    h = _src(i, p, sh, ph, dh)
+    h = _src(i + r0, p, sh, ph, dh)
     w = _src(j, q, sw, pw, dw)
     v = x.dtype.type(0)
     if 0 <= h < x.shape[2] and 0 <= w < x.shape[3]:
@@ -289,30 +314,34 @@ def _im2col_cuda(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols, total):
     cols[n, row, i * ow + j] = v
 
 
-def _col2im_cuda(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, x, total):
+def _col2im_cuda(cols, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, x, total, accumulate):
     t = cuda.grid(1)
     if t >= total:
         return
     W = x.shape[3]
     H = x.shape[2]
     C = x.shape[1]
+    R = cols.shape[2] // ow
     w = t % W
     r = t // W
     h = r % H
     r = r // H
     c = r % C
     n = r // C
-    # Gather: sum every column entry that im2col copied from (h, w).
+    # Gather: sum every column entry (of output rows r0 .. r0+R-1) that im2col copied from (h, w).
     acc = x.dtype.type(0)
     for p in range(kh):
-        i = _dst(h, p, sh, ph, dh, oh)
-        if i < 0:
+        i = _dst(h, p, sh, ph, dh, r0 + R)
+        if i < r0:  # no such output row in this block (-1 included)
             continue
         for q in range(kw):
             j = _dst(w, q, sw, pw, dw, ow)
             if j >= 0:
-                acc += cols[n, (c * kh + p) * kw + q, i * ow + j]
-    x[n, c, h, w] = acc
+                acc += cols[n, (c * kh + p) * kw + q, (i - r0) * ow + j]
+    if accumulate:
+        x[n, c, h, w] += acc
+    else:
+        x[n, c, h, w] = acc
 
 
 im2col_cuda_kernel = cuda.jit(_im2col_cuda)
@@ -320,26 +349,30 @@ col2im_cuda_kernel = cuda.jit(_col2im_cuda)
 
 
 def im2col_cuda(
-    x: Any, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair
+    x: Any, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair,
+    rows: Pair | None = None,
 ) -> Any:
-    """cols (N, C*KH*KW, OH*OW) on the GPU (or the simulator for NumPy input)."""
+    """cols (N, C*KH*KW, R*OW) on the GPU (or the simulator for NumPy input)."""
     N, C = x.shape[:2]
     (kh, kw), (oh, ow) = kernel_size, out_size
-    cols = empty_like_module(x, (N, C * kh * kw, oh * ow))
+    r0, r1 = rows or (0, oh)
+    cols = empty_like_module(x, (N, C * kh * kw, (r1 - r0) * ow))
     total = cols.size
-    launch(im2col_cuda_kernel, total, x, kh, kw, *stride, *padding, *dilation, oh, ow, cols, total)
+    launch(im2col_cuda_kernel, total, x, kh, kw, *stride, *padding, *dilation, r0, ow, cols, total)
     return cols
 
 
 def col2im_cuda(
     cols: Any, x_shape: tuple[int, int, int, int], kernel_size: Pair, stride: Pair,
-    padding: Pair, dilation: Pair, out_size: Pair,
+    padding: Pair, dilation: Pair, out_size: Pair, rows: Pair | None = None, acc: Any = None,
 ) -> Any:
-    """x (N, C, H, W) = col2im(cols) as a per-pixel gather on the GPU: deterministic."""
+    """x (N, C, H, W) = col2im(cols) (+ acc) as a per-pixel gather on the GPU: deterministic."""
     (kh, kw), (oh, ow) = kernel_size, out_size
-    x = empty_like_module(cols, tuple(x_shape))
+    r0 = rows[0] if rows else 0
+    x = empty_like_module(cols, tuple(x_shape)) if acc is None else acc
     total = x.size
-    launch(col2im_cuda_kernel, total, cols, kh, kw, *stride, *padding, *dilation, oh, ow, x, total)
+    launch(col2im_cuda_kernel, total, cols, kh, kw, *stride, *padding, *dilation, r0, ow, x, total,
+           acc is not None)
     return x
 
 
@@ -371,8 +404,8 @@ def _arr(ndim: int, dtype: Any) -> types.Array:
 
 
 PTX = [
-    (_im2col_cuda, [(_arr(4, dt), *[_I] * 11, _arr(3, dt), _I)
+    (_im2col_cuda, [(_arr(4, dt), *[_I] * 10, _arr(3, dt), _I)
                     for dt in (np.float32, np.float64)]),
-    (_col2im_cuda, [(_arr(3, dt), *[_I] * 11, _arr(4, dt), _I)
+    (_col2im_cuda, [(_arr(3, dt), *[_I] * 10, _arr(4, dt), _I, types.boolean)
                     for dt in (np.float32, np.float64)]),
 ]

@@ -43,7 +43,7 @@ from numba import cuda, prange, types
 
 from numba.np.numpy_support import from_dtype
 
-from ._cuda import launch, xp_of
+from ._cuda import SIMULATOR, launch, xp_of
 
 Pair = tuple[int, int]
 
@@ -246,31 +246,153 @@ def max_pool2d_backward_numpy(gy: np.ndarray, idx: np.ndarray, input_size: Pair,
 # =============================================================================================
 
 
+# Plane-flat views and *unsigned* offsets in the hot loops: with signed indices Numba emits a
+# negative-index wraparound test on every load, which keeps LLVM from vectorising the loop.
+_U = np.uint64
+
+
 @numba.njit(parallel=True, cache=True)
 def _max_pool2d_numba(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
-    N, C = x.shape[0], x.shape[1]
+    N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
-    for p in prange(N * C):  # independent (n, c) planes
+    NC = N * C
+    xf = x.reshape(NC, H * W)  # (N*C, H*W)
+    yf = y.reshape(NC, OH * OW)  # (N*C, OH*OW)
+    af = idx.reshape(NC, OH * OW)  # (N*C, OH*OW)
+    # Interior windows (every tap inside the input): oh in [oh_a, oh_b), ow in [ow_a, ow_b).
+    # They skip all bounds logic; the border windows go through the shared per-window helper.
+    ow_a = min(OW, (pw + sw - 1) // sw)
+    ow_b = max(ow_a, min(OW, (W - 1 + pw - (kw - 1) * dw) // sw + 1))
+    oh_a = min(OH, (ph + sh - 1) // sh)
+    oh_b = max(oh_a, min(OH, (H - 1 + ph - (kh - 1) * dh) // sh + 1))
+    T = kh * kw
+    off = np.empty(T, np.uint64)  # plane offset of tap t = (i, j) from the window's first tap
+    for i in range(kh):
+        for j in range(kw):
+            off[i * kw + j] = _U(i * dh * W + j * dw)
+    for p in prange(NC):  # independent (n, c) planes
         n, c = p // C, p % C
+        xp = xf[p]
+        yp = yf[p]
+        ap = af[p]
         for oh in range(OH):
-            for ow in range(OW):
+            if oh < oh_a or oh >= oh_b:
+                for ow in range(OW):
+                    _max_pool_at(x, y, idx, n, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
+                continue
+            for ow in range(ow_a):
                 _max_pool_at(x, y, idx, n, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
+            for ow in range(ow_b, OW):
+                _max_pool_at(x, y, idx, n, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
+            rb = _U((oh * sh - ph) * W - pw)  # >= 0 for interior rows (plus ow_a * sw >= pw)
+            o0 = _U(oh * OW)
+            for ow in range(_U(ow_a), _U(ow_b)):
+                base = rb + ow * _U(sw)
+                best = xp[base]
+                arg = base
+                for t in range(_U(1), _U(T)):
+                    k = base + off[t]
+                    v = xp[k]
+                    # = (v > best or v is NaN) and best is not NaN: the helper's rule, branch-free
+                    take = (best == best) & (not (v <= best))
+                    best = v if take else best
+                    arg = k if take else arg
+                yp[o0 + ow] = best
+                ap[o0 + ow] = np.int64(arg)
+
+
+@numba.njit(parallel=True, cache=True)
+def _max_pool2d_2x2_numba(x, y, idx):
+    """kernel 2, stride 2, no padding (U-Net, SegNet, FCN): a balanced tree per window, which
+    LLVM vectorises. The pairwise rule is associative in tap order, so the tree equals the scan:
+    (0,0)-(0,1), (1,0)-(1,1), then row 0's winner against row 1's."""
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    NC = N * C
+    xf = x.reshape(NC, H * W)  # (N*C, H*W)
+    yf = y.reshape(NC, OH * OW)  # (N*C, OH*OW)
+    af = idx.reshape(NC, OH * OW)  # (N*C, OH*OW)
+    Wu = _U(W)
+    for p in prange(NC):
+        xp = xf[p]
+        yp = yf[p]
+        ap = af[p]
+        for oh in range(OH):
+            r0 = _U(2 * oh * W)
+            o0 = _U(oh * OW)
+            for ow in range(_U(OW)):
+                k = r0 + _U(2) * ow
+                a0 = xp[k]
+                a1 = xp[k + _U(1)]
+                b0 = xp[k + Wu]
+                b1 = xp[k + Wu + _U(1)]
+                ca = (a0 == a0) & (not (a1 <= a0))
+                ma = a1 if ca else a0
+                cb = (b0 == b0) & (not (b1 <= b0))
+                mb = b1 if cb else b0
+                c = (ma == ma) & (not (mb <= ma))
+                yp[o0 + ow] = mb if c else ma
+                col = cb if c else ca
+                ap[o0 + ow] = np.int64(k + (Wu if c else _U(0)) + (_U(1) if col else _U(0)))
 
 
 @numba.njit(parallel=True, cache=True)
 def _max_pool2d_backward_numba(gy, idx, gx):
     N, C, OH, OW = gy.shape
-    W = gx.shape[3]
-    HW = gx.shape[2] * W
-    for p in prange(N * C):  # planes are independent; sequential scatter within a plane
-        n, c = p // C, p % C
-        g = gx[n, c]  # (H, W)
-        g[:, :] = 0
+    HW = gx.shape[2] * gx.shape[3]
+    NC = N * C
+    gyf = gy.reshape(NC, OH * OW)  # (N*C, OH*OW)
+    af = idx.reshape(NC, OH * OW)  # (N*C, OH*OW)
+    gxf = gx.reshape(NC, HW)  # (N*C, H*W)
+    for p in prange(NC):  # planes are independent; sequential scatter within a plane
+        g = gxf[p]
+        a = af[p]
+        d = gyf[p]
+        g[:] = 0
+        for t in range(_U(OH * OW)):
+            k = a[t]
+            if k >= 0 and k < HW:  # skip indices that point outside the plane
+                g[_U(k)] += d[t]
+
+
+@numba.njit(parallel=True, cache=True)
+def _max_pool2d_2x2_backward_numba(gy, idx, gx):
+    """Non-overlapping 2x2 windows: each input pixel lies in exactly one window, so the scatter
+    is a branch-free gather that writes every gx element once (no zeroing pass)."""
+    N, C, OH, OW = gy.shape
+    H, W = gx.shape[2], gx.shape[3]
+    NC = N * C
+    gyf = gy.reshape(NC, OH * OW)  # (N*C, OH*OW)
+    af = idx.reshape(NC, OH * OW)  # (N*C, OH*OW)
+    gxf = gx.reshape(NC, H * W)  # (N*C, H*W)
+    Wu = _U(W)
+    for p in prange(NC):
+        zero = gx.dtype.type(0)
+        g = gxf[p]
+        a = af[p]
+        d = gyf[p]
+        if H % 2 == 1:  # the last row lies in no window
+            for w in range(_U(W)):
+                g[_U((H - 1) * W) + w] = zero
         for oh in range(OH):
-            for ow in range(OW):
-                k = idx[n, c, oh, ow]
-                if k >= 0 and k < HW:  # skip indices that point outside the plane
-                    g[k // W, k % W] += gy[n, c, oh, ow]
+            r0 = _U(2 * oh * W)
+            o0 = _U(oh * OW)
+            if W % 2 == 1:
+                g[r0 + Wu - _U(1)] = zero
+                g[r0 + Wu + Wu - _U(1)] = zero
+            for ow in range(_U(OW)):
+                k = r0 + _U(2) * ow
+                m = a[o0 + ow]
+                v = d[o0 + ow]
+                g[k] = v if m == np.int64(k) else zero
+                g[k + _U(1)] = v if m == np.int64(k + _U(1)) else zero
+                g[k + Wu] = v if m == np.int64(k + Wu) else zero
+                g[k + Wu + _U(1)] = v if m == np.int64(k + Wu + _U(1)) else zero
+
+
+def _is_2x2(kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair) -> bool:
+    return (tuple(kernel_size) == (2, 2) and tuple(stride) == (2, 2)
+            and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1))
 
 
 def max_pool2d_numba(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair,
@@ -281,7 +403,11 @@ def max_pool2d_numba(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pa
     x = np.ascontiguousarray(x)
     y = np.empty((N, C, OH, OW), x.dtype)
     idx = np.empty((N, C, OH, OW), np.int64)
-    if y.size:
+    if y.size == 0:
+        pass
+    elif _is_2x2(kernel_size, stride, padding, dilation):
+        _max_pool2d_2x2_numba(x, y, idx)
+    else:
         _max_pool2d_numba(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw)
     return y, idx
 
@@ -291,14 +417,25 @@ def max_pool2d_backward_numba(gy: np.ndarray, idx: np.ndarray, input_size: Pair,
                               dilation: Pair) -> np.ndarray:
     N, C = gy.shape[:2]
     gx = np.empty((N, C) + tuple(input_size), gy.dtype)
-    if gx.size:
-        _max_pool2d_backward_numba(np.ascontiguousarray(gy), np.ascontiguousarray(idx), gx)
+    gy, idx = np.ascontiguousarray(gy), np.ascontiguousarray(idx)
+    if gx.size == 0:
+        pass
+    elif _is_2x2(kernel_size, stride, padding, dilation):
+        _max_pool2d_2x2_backward_numba(gy, idx, gx)
+    else:
+        _max_pool2d_backward_numba(gy, idx, gx)
     return gx
 
 
 # =============================================================================================
 # cuda
 # =============================================================================================
+
+
+# Under Numba's CUDA simulator the kernels run as Python on fake device arrays, which @njit
+# functions cannot unbox: there the kernels call the helpers' pure-Python originals instead.
+_max_pool_at_dev = _max_pool_at.py_func if SIMULATOR else _max_pool_at
+_max_pool_grad_at_dev = _max_pool_grad_at.py_func if SIMULATOR else _max_pool_grad_at
 
 
 def _max_pool2d_cuda(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
@@ -310,7 +447,7 @@ def _max_pool2d_cuda(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
     oh = (t // OW) % OH
     c = (t // (OW * OH)) % C
     n = t // (OW * OH * C)
-    _max_pool_at(x, y, idx, n, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
+    _max_pool_at_dev(x, y, idx, n, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
 
 
 def _max_pool2d_backward_cuda(gy, idx, gx, kh, kw, sh, sw, ph, pw, dh, dw):
@@ -322,7 +459,7 @@ def _max_pool2d_backward_cuda(gy, idx, gx, kh, kw, sh, sw, ph, pw, dh, dw):
     h = (t // W) % H
     c = (t // (W * H)) % C
     n = t // (W * H * C)
-    _max_pool_grad_at(gy, idx, gx, n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
+    _max_pool_grad_at_dev(gy, idx, gx, n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
 
 
 max_pool2d_cuda_kernel = cuda.jit(_max_pool2d_cuda)

@@ -69,8 +69,9 @@ def _as_array(data: Any, dtype: Any = None) -> Any:
         data = data.data
     if is_cupy_array(data):
         arr = data if dtype is None else data.astype(dtype, copy=False)
-    elif isinstance(data, np.ndarray):
-        arr = data if dtype is None else data.astype(dtype, copy=False)
+    elif isinstance(data, (np.ndarray, np.generic)):
+        # NumPy scalars too (what a full reduction such as x.sum() returns): keep their dtype
+        arr = np.asarray(data) if dtype is None else np.asarray(data).astype(dtype, copy=False)
     else:
         arr = np.asarray(data, dtype=dtype)
         if dtype is None and arr.dtype == np.float64:

@@ -1,0 +1,317 @@
+"""nms and box_iou: greedy non-maximum suppression and the pairwise IoU matrix (xyxy boxes).
+
+Formula (SPEC "nms"; torchvision's CPU kernel is the model)::
+
+    area(a)   = (a.x2 - a.x1) * (a.y2 - a.y1)
+    inter     = max(min(a.x2, b.x2) - max(a.x1, b.x1), 0) * max(min(a.y2, b.y2) - max(a.y1, b.y1), 0)
+    IoU(a, b) = inter / (area(a) + area(b) - inter),  and 0 where that union is <= 0
+    nms: visit the boxes in descending score (ties: lower index first, a stable sort); keep a box
+         unless its IoU with an already kept box is strictly greater than iou_threshold
+
+A union <= 0 only happens for degenerate (zero-area) or inverted boxes, whose intersection is then
+0: torchvision gives 0/0 = NaN there, which never exceeds a threshold; 0 behaves the same for any
+threshold >= 0. Arithmetic runs in the boxes' dtype.
+
+Shapes: box_iou(a (K,4), b (M,4)) -> (K, M), dtype of a. nms(boxes (K,4), scores (K,),
+iou_threshold) -> int64 indices of the kept boxes, in descending score. Neither is differentiable.
+
+Versions in this file (each checked against the reference by tests/test_nms.py):
+
+* reference: Python loops straight from the formula (the oracle).
+* numpy: box_iou by broadcasting; nms as the classic vectorised greedy loop (one IoU row against
+  the remaining candidates per kept box).
+* numba: box_iou with prange over rows; nms as the sequential greedy loop (the greedy order is
+  inherently sequential) over precomputed areas, in a single compiled function.
+* cuda: box_iou, one thread per pair. nms with the IoU bitmask: after a host-side stable sort,
+  one thread per (box i, block of 64 boxes) writes a 64-bit mask of the boxes j > i of that block
+  that i would suppress; the greedy pass over the masks (K steps, each an OR of K/64 words) runs
+  on the host. No atomics; deterministic.
+
+Benchmark: ``python benchmarks/bench_nms.py``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import cuda, prange, types
+from numba.np.numpy_support import from_dtype
+
+from ._cuda import launch, xp_of
+
+MASK_BITS = 64
+
+
+# =============================================================================================
+# reference
+# =============================================================================================
+
+
+def _iou_reference(T, a, b):
+    area_a = (T(a[2]) - T(a[0])) * (T(a[3]) - T(a[1]))
+    area_b = (T(b[2]) - T(b[0])) * (T(b[3]) - T(b[1]))
+    iw = max(min(T(a[2]), T(b[2])) - max(T(a[0]), T(b[0])), T(0))
+    ih = max(min(T(a[3]), T(b[3])) - max(T(a[1]), T(b[1])), T(0))
+    inter = iw * ih
+    union = area_a + area_b - inter
+    return inter / union if union > 0 else T(0)
+
+
+def box_iou_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(K, M) IoU matrix by plain loops."""
+    T = a.dtype.type
+    out = np.zeros((a.shape[0], b.shape[0]), a.dtype)
+    for i in range(a.shape[0]):
+        for j in range(b.shape[0]):
+            out[i, j] = _iou_reference(T, a[i], b[j])
+    return out
+
+
+def nms_reference(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS by plain loops: kept indices in descending score."""
+    T = boxes.dtype.type
+    order = np.argsort(-scores, kind="stable")
+    removed = [False] * len(order)
+    keep = []
+    for p, i in enumerate(order):
+        if removed[p]:
+            continue
+        keep.append(i)
+        for q in range(p + 1, len(order)):
+            if not removed[q] and _iou_reference(T, boxes[i], boxes[order[q]]) > T(iou_threshold):
+                removed[q] = True
+    return np.array(keep, dtype=np.int64)
+
+
+# =============================================================================================
+# shared per-element helper (scalars only: the CUDA simulator calls it as it is)
+# =============================================================================================
+
+
+@numba.njit(inline="always", cache=True)
+def _iou(T, ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
+    """IoU of two xyxy boxes, in dtype T; 0 where the union is not positive."""
+    area_a = (ax2 - ax1) * (ay2 - ay1)
+    area_b = (bx2 - bx1) * (by2 - by1)
+    iw = min(ax2, bx2) - max(ax1, bx1)
+    ih = min(ay2, by2) - max(ay1, by1)
+    if iw < T(0.0):
+        iw = T(0.0)
+    if ih < T(0.0):
+        ih = T(0.0)
+    inter = iw * ih
+    union = area_a + area_b - inter
+    if union > T(0.0):
+        return inter / union
+    return T(0.0)
+
+
+# =============================================================================================
+# numpy
+# =============================================================================================
+
+
+def box_iou_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])  # (K,)
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # (M,)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])  # (K, M, 2)
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])  # (K, M, 2)
+    wh = np.maximum(rb - lt, 0)  # (K, M, 2)
+    inter = wh[..., 0] * wh[..., 1]  # (K, M)
+    union = area_a[:, None] + area_b[None, :] - inter
+    ok = union > 0
+    out = np.zeros_like(inter)
+    np.divide(inter, union, out=out, where=ok)
+    return out.astype(a.dtype, copy=False)
+
+
+def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        iou = box_iou_numpy(boxes[i:i + 1], boxes[rest])[0]  # (len(rest),)
+        order = rest[~(iou > boxes.dtype.type(iou_threshold))]
+    return np.array(keep, dtype=np.int64)
+
+
+# =============================================================================================
+# numba (CPU)
+# =============================================================================================
+
+
+@numba.njit(parallel=True, cache=True)
+def _box_iou_numba(a, b, out):
+    T = a.dtype.type
+    for i in prange(a.shape[0]):
+        for j in range(b.shape[0]):
+            out[i, j] = _iou(T, a[i, 0], a[i, 1], a[i, 2], a[i, 3], b[j, 0], b[j, 1], b[j, 2], b[j, 3])
+
+
+@numba.njit(cache=True)
+def _nms_numba(boxes, order, thr, keep):
+    # boxes (K, 4) already in score order; returns how many of `keep` are filled (positions)
+    K = boxes.shape[0]
+    T = boxes.dtype.type
+    removed = np.zeros(K, np.bool_)
+    n = 0
+    for p in range(K):
+        if removed[p]:
+            continue
+        keep[n] = order[p]
+        n += 1
+        x1, y1, x2, y2 = boxes[p, 0], boxes[p, 1], boxes[p, 2], boxes[p, 3]
+        for q in range(p + 1, K):
+            if not removed[q]:
+                if _iou(T, x1, y1, x2, y2, boxes[q, 0], boxes[q, 1], boxes[q, 2], boxes[q, 3]) > thr:
+                    removed[q] = True
+    return n
+
+
+def box_iou_numba(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty((a.shape[0], b.shape[0]), a.dtype)
+    if out.size:
+        _box_iou_numba(np.ascontiguousarray(a), np.ascontiguousarray(b, a.dtype), out)
+    return out
+
+
+def nms_numba(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    order = np.argsort(-scores, kind="stable").astype(np.int64)
+    keep = np.empty(order.size, np.int64)
+    if order.size == 0:
+        return keep
+    sorted_boxes = np.ascontiguousarray(boxes[order])  # (K, 4) in score order
+    n = _nms_numba(sorted_boxes, order, boxes.dtype.type(iou_threshold), keep)
+    return keep[:n].copy()
+
+
+# =============================================================================================
+# cuda
+# =============================================================================================
+
+
+def _box_iou_cuda(a, b, out):
+    t = cuda.grid(1)
+    K, M = out.shape
+    if t >= K * M:
+        return
+    i = t // M
+    j = t % M
+    T = a.dtype.type
+    out[i, j] = _iou(T, a[i, 0], a[i, 1], a[i, 2], a[i, 3], b[j, 0], b[j, 1], b[j, 2], b[j, 3])
+
+
+def _nms_mask_cuda(boxes, thr, mask):
+    # boxes (K, 4) in score order; mask (K, ceil(K/64)) uint64: bit jj of mask[i, blk] is set
+    # when box j = blk*64 + jj (j > i) overlaps box i by more than thr
+    t = cuda.grid(1)
+    K, NB = mask.shape
+    if t >= K * NB:
+        return
+    i = t // NB
+    blk = t % NB
+    T = boxes.dtype.type
+    th = T(thr)
+    bits = np.uint64(0)
+    for jj in range(MASK_BITS):
+        j = blk * MASK_BITS + jj
+        if j > i and j < K:
+            v = _iou(T, boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3],
+                     boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3])
+            if v > th:
+                bits |= np.uint64(1) << np.uint64(jj)
+    mask[i, blk] = bits
+
+
+box_iou_cuda_kernel = cuda.jit(_box_iou_cuda)
+nms_mask_cuda_kernel = cuda.jit(_nms_mask_cuda)
+
+
+@numba.njit(cache=True)
+def _nms_host_pass(mask, order, keep):
+    # the greedy pass over the suppression masks: K steps, each ORs one row of NB words
+    K, NB = mask.shape
+    removed = np.zeros(NB, np.uint64)
+    n = 0
+    for i in range(K):
+        blk = i // MASK_BITS
+        bit = np.uint64(1) << np.uint64(i % MASK_BITS)
+        if removed[blk] & bit:
+            continue
+        keep[n] = order[i]
+        n += 1
+        for w in range(blk, NB):
+            removed[w] |= mask[i, w]
+    return n
+
+
+def _to_dev(a):
+    return cuda.to_device(np.ascontiguousarray(a)) if xp_of(a) is np else a
+
+
+def _host(a):
+    return a.get() if xp_of(a) is not np else a
+
+
+def box_iou_cuda(a, b):
+    xp = xp_of(a)
+    K, M = a.shape[0], b.shape[0]
+    a = xp.ascontiguousarray(a)
+    b = xp.ascontiguousarray(b.astype(a.dtype, copy=False))
+    if xp is np:
+        out = cuda.device_array((K, M), a.dtype)
+    else:
+        out = xp.empty((K, M), a.dtype)
+    launch(box_iou_cuda_kernel, K * M, _to_dev(a), _to_dev(b), out)
+    return out.copy_to_host() if xp is np else out
+
+
+def nms_cuda(boxes, scores, iou_threshold: float):
+    xp = xp_of(boxes)
+    K = boxes.shape[0]
+    # the sort is on the host: stable (ties keep index order), and K is small (a few thousand)
+    order = np.argsort(-_host(scores), kind="stable").astype(np.int64)
+    if K == 0:
+        return xp.asarray(order)
+    NB = (K + MASK_BITS - 1) // MASK_BITS
+    sorted_boxes = xp.ascontiguousarray(boxes[xp.asarray(order)])  # (K, 4) in score order
+    mask = cuda.device_array((K, NB), np.uint64) if xp is np else xp.empty((K, NB), np.uint64)
+    launch(nms_mask_cuda_kernel, K * NB, _to_dev(sorted_boxes), float(iou_threshold), mask)
+    host_mask = mask.copy_to_host() if xp is np else mask.get()
+    keep = np.empty(K, np.int64)
+    n = _nms_host_pass(host_mask, order, keep)
+    return xp.asarray(keep[:n].copy())
+
+
+# =============================================================================================
+# tables
+# =============================================================================================
+
+IMPLS = {
+    "box_iou": {
+        "reference": box_iou_reference,
+        "numpy": box_iou_numpy,
+        "numba": box_iou_numba,
+        "cuda": box_iou_cuda,
+    },
+    "nms": {
+        "reference": nms_reference,
+        "numpy": nms_numpy,
+        "numba": nms_numba,
+        "cuda": nms_cuda,
+    },
+}
+
+
+def _farr(ndim: int, dtype) -> types.Array:
+    # (kernels/_cuda.float_array calls types.from_dtype, which this Numba lacks)
+    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
+
+
+_MASK = types.Array(types.uint64, 2, "C")
+PTX = [
+    (_box_iou_cuda, [(_farr(2, dt), _farr(2, dt), _farr(2, dt)) for dt in (np.float32, np.float64)]),
+    (_nms_mask_cuda, [(_farr(2, dt), types.float64, _MASK) for dt in (np.float32, np.float64)]),
+]

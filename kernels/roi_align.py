@@ -1,0 +1,585 @@
+"""roi_align: Mask R-CNN's RoIAlign (bilinear sampling on a regular grid per bin), and its backward.
+
+Formula (SPEC "roi_align"; torchvision's CPU kernel is the model). For box k = [b, x1, y1, x2, y2]
+(input coordinates, dtype of x), output bin (ph, pw) of a PH x PW grid, scale = spatial_scale::
+
+    off    = 0.5 if aligned else 0
+    start  = x1*scale - off,   roi_w = x2*scale - off - start,   roi_w = max(roi_w, 1) if not aligned
+    bin_w  = roi_w / PW,       gw = sampling_ratio if sampling_ratio > 0 else ceil(roi_w / PW)
+    (likewise start_y, roi_h, bin_h, gh along y)
+    count  = max(gh*gw, 1)
+    sample (iy, ix):  y = start_y + ph*bin_h + (iy + 0.5)*bin_h/gh,  x likewise, 0<=iy<gh, 0<=ix<gw
+    value of a sample: 0 if y < -1 or y > H or x < -1 or x > W (it still counts); else
+        y = max(y, 0); y_low = int(y); if y_low >= H-1: y_low = y_high = H-1, y = y_low
+        else y_high = y_low + 1; ly = y - y_low, hy = 1 - ly (likewise x) and the bilinear mix
+        hy*hx*x[b,c,y_low,x_low] + hy*lx*x[b,c,y_low,x_high] + ly*hx*x[b,c,y_high,x_low]
+        + ly*lx*x[b,c,y_high,x_high]
+    y[k, c, ph, pw] = (sum of the sample values) / count
+
+All coordinate arithmetic runs in the dtype of x (as torchvision does), so every implementation
+finds the same grid sizes and the same taps. A sample's validity and weights factor into a y part
+and an x part (``_axis_taps``): w = (hy or ly) * (hx or lx), valid = valid_y and valid_x.
+
+Backward (boxes are constants: no gradient flows to them, as in torchvision)::
+
+    gx[b, c, tap] += gy[k, c, ph, pw] * w_tap / count      for every valid sample and its 4 taps
+
+Shapes: x (N, C, H, W) float32/float64, boxes (K, 5) same dtype (column 0 holds the batch index as
+a float) -> y (K, C, PH, PW). gy (K, C, PH, PW), boxes -> gx (N, C, H, W). A box whose batch index
+is outside [0, N) yields zeros (the functional layer rejects it before a kernel runs).
+
+Versions in this file (each checked against the reference by tests/test_roi_align.py):
+
+* reference: Python loops straight from the formula, in the dtype of x (NumPy scalars). The oracle.
+* numpy: none (no natural vectorised form; the table says so with NotImplementedError).
+* numba: x is copied once to channels-last (N, H, W, C). One prange iteration per box builds the
+  box's per-axis tap tables (PH*gh rows, PW*gw columns), then for each bin and sample adds the
+  four weighted tap *vectors* over all channels (the contiguous, SIMD-friendly inner loop) into a
+  (PH*PW, C) tile that is written back transposed. The backward transposes gy to (K, PH*PW, C)
+  and splits the *channels* among threads: each thread scatters every box's samples into its own
+  channel slice of a channels-last gx, so overlapping boxes never race and the sums are
+  deterministic; gx is transposed back at the end.
+* cuda: one thread per output element (k, c, ph, pw), NCHW, calling the same per-axis helpers.
+  The backward uses ATOMICS: one thread per gy element adds its samples' 4 taps into gx with
+  ``cuda.atomic.add``. A gather would need every input pixel to search all boxes, bins and samples
+  that touch it, and boxes overlap arbitrarily, so the scatter is the practical form; the order of
+  the float additions then varies from run to run (results agree within rounding, which
+  tests/test_roi_align.py checks).
+
+Benchmark: ``python benchmarks/bench_roi_align.py`` (1x256x50x50 float32, 256 boxes, 7x7 and 14x14).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import cuda, prange, types
+from numba.np.numpy_support import from_dtype
+
+from ._cuda import launch, xp_of
+
+Pair = tuple[int, int]
+
+
+# =============================================================================================
+# reference
+# =============================================================================================
+
+
+def _geometry_reference(T, c1, c2, scale, pooled, sampling_ratio, aligned):
+    """(start, bin_size, grid) along one axis, from the formula, in dtype T."""
+    off = T(0.5) if aligned else T(0.0)
+    start = T(c1) * scale - off
+    size = T(c2) * scale - off - start
+    if not aligned:
+        size = max(size, T(1.0))
+    bin_size = size / T(pooled)
+    grid = sampling_ratio if sampling_ratio > 0 else int(math.ceil(size / T(pooled)))
+    return start, bin_size, grid
+
+
+def _taps_reference(T, y, x, H, W):
+    """[(weight, h, w)] * 4 of one sample, or [] when it lies beyond one pixel outside the map."""
+    if y < -1 or y > H or x < -1 or x > W:
+        return []
+    y = max(y, T(0))
+    x = max(x, T(0))
+    y_low, x_low = int(y), int(x)
+    if y_low >= H - 1:
+        y_low = y_high = H - 1
+        y = T(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= W - 1:
+        x_low = x_high = W - 1
+        x = T(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - T(y_low), x - T(x_low)
+    hy, hx = T(1) - ly, T(1) - lx
+    return [(hy * hx, y_low, x_low), (hy * lx, y_low, x_high),
+            (ly * hx, y_high, x_low), (ly * lx, y_high, x_high)]
+
+
+def _bins_reference(T, box, H, W, PH, PW, scale, sampling_ratio, aligned):
+    """Yield (ph, pw, count, samples) per bin; samples is a list of 4-tap lists (empty = outside)."""
+    ys, bh, gh = _geometry_reference(T, box[2], box[4], scale, PH, sampling_ratio, aligned)
+    xs, bw, gw = _geometry_reference(T, box[1], box[3], scale, PW, sampling_ratio, aligned)
+    count = max(gh * gw, 1)
+    for ph in range(PH):
+        for pw in range(PW):
+            samples = []
+            for iy in range(gh):
+                y = ys + T(ph) * bh + (T(iy) + T(0.5)) * bh / T(gh)
+                for ix in range(gw):
+                    x = xs + T(pw) * bw + (T(ix) + T(0.5)) * bw / T(gw)
+                    samples.append(_taps_reference(T, y, x, H, W))
+            yield ph, pw, count, samples
+
+
+def roi_align_reference(x: np.ndarray, boxes: np.ndarray, output_size: Pair,
+                        spatial_scale: float, sampling_ratio: int, aligned: bool) -> np.ndarray:
+    """Plain loops from the formula: x (N,C,H,W), boxes (K,5) -> (K,C,PH,PW)."""
+    N, C, H, W = x.shape
+    PH, PW = output_size
+    K = boxes.shape[0]
+    T = x.dtype.type
+    scale = T(spatial_scale)
+    y = np.zeros((K, C, PH, PW), x.dtype)
+    for k in range(K):
+        b = boxes[k, 0]
+        if not 0 <= b < N:
+            continue
+        b = int(b)
+        for ph, pw, count, samples in _bins_reference(T, boxes[k], H, W, PH, PW, scale,
+                                                      sampling_ratio, aligned):
+            for c in range(C):
+                acc = T(0)
+                for taps in samples:
+                    if taps:
+                        (w1, h1, v1), (w2, h2, v2), (w3, h3, v3), (w4, h4, v4) = taps
+                        acc += (w1 * x[b, c, h1, v1] + w2 * x[b, c, h2, v2]
+                                + w3 * x[b, c, h3, v3] + w4 * x[b, c, h4, v4])
+                y[k, c, ph, pw] = acc / T(count)
+    return y
+
+
+def roi_align_backward_reference(gy: np.ndarray, boxes: np.ndarray, input_shape: tuple,
+                                 spatial_scale: float, sampling_ratio: int,
+                                 aligned: bool) -> np.ndarray:
+    """gx[b, c, tap] += gy[k, c, ph, pw] * w_tap / count, looping as the forward does."""
+    N, C, H, W = input_shape
+    K, _, PH, PW = gy.shape
+    T = gy.dtype.type
+    scale = T(spatial_scale)
+    gx = np.zeros((N, C, H, W), gy.dtype)
+    for k in range(K):
+        b = boxes[k, 0]
+        if not 0 <= b < N:
+            continue
+        b = int(b)
+        for ph, pw, count, samples in _bins_reference(T, boxes[k], H, W, PH, PW, scale,
+                                                      sampling_ratio, aligned):
+            for c in range(C):
+                g = gy[k, c, ph, pw]
+                for taps in samples:
+                    for w, h, v in taps:
+                        gx[b, c, h, v] += g * w / T(count)
+    return gx
+
+
+# =============================================================================================
+# shared per-element helpers (scalars only, so the CUDA simulator can call them as they are;
+# inline="always" inlines them at Numba-IR level, which also lets compile_ptx run without a GPU)
+# =============================================================================================
+
+
+@numba.njit(inline="always", cache=True)
+def _batch_of(v, N):
+    """Batch index stored as a float in boxes[k, 0]; -1 when outside [0, N) (or NaN)."""
+    if v >= 0 and v < N:
+        return int(v)
+    return -1
+
+
+@numba.njit(inline="always", cache=True)
+def _axis_geometry(T, c1, c2, scale, pooled, sampling_ratio, aligned):
+    """Along one axis of a box [c1, c2]: (start, bin_size, grid) in dtype T."""
+    off = T(0.5) if aligned else T(0.0)
+    start = c1 * scale - off
+    size = c2 * scale - off - start
+    if not aligned:
+        if size < T(1.0):
+            size = T(1.0)
+    bin_size = size / T(pooled)
+    if sampling_ratio > 0:
+        grid = sampling_ratio
+    else:
+        grid = int(math.ceil(size / T(pooled)))
+    return start, bin_size, grid
+
+
+@numba.njit(inline="always", cache=True)
+def _sample_coord(T, start, bin_size, grid, p, i):
+    """Coordinate of sample i of bin p: start + p*bin + (i + 0.5)*bin/grid."""
+    return start + T(p) * bin_size + (T(i) + T(0.5)) * bin_size / T(grid)
+
+
+@numba.njit(inline="always", cache=True)
+def _axis_taps(T, v, size):
+    """One axis of a bilinear sample: (valid, low, high, w_low, w_high).
+
+    valid is False beyond one pixel outside [0, size] (and for NaN); the sample then adds 0.
+    """
+    if size <= 0 or not (v >= T(-1.0) and v <= T(size)):
+        return False, 0, 0, T(0.0), T(0.0)
+    if v <= T(0.0):
+        v = T(0.0)
+    low = int(v)
+    if low >= size - 1:
+        low = size - 1
+        high = low
+        v = T(low)
+    else:
+        high = low + 1
+    lw = v - T(low)
+    return True, low, high, T(1.0) - lw, lw
+
+
+# =============================================================================================
+# numba (CPU)
+# =============================================================================================
+
+
+@numba.njit(inline="always", cache=True)
+def _axis_table(T, start, bin_size, grid, pooled, size):
+    """Per-axis tap table of one box: rows p*grid + i for bin p, sample i."""
+    n = pooled * grid
+    ok = np.empty(n, np.bool_)
+    lo = np.empty(n, np.int64)
+    hi = np.empty(n, np.int64)
+    wl = np.empty(n, T)
+    wh = np.empty(n, T)
+    for p in range(pooled):
+        for i in range(grid):
+            r = p * grid + i
+            v = _sample_coord(T, start, bin_size, grid, p, i)
+            ok[r], lo[r], hi[r], wl[r], wh[r] = _axis_taps(T, v, size)
+    return ok, lo, hi, wl, wh
+
+
+@numba.njit(cache=True)
+def _transpose_into(src, dst):
+    """dst[j, i] = src[i, j] for 2-D arrays, in 16x16 tiles so both sides stay in L1."""
+    M, L = src.shape
+    for i0 in range(0, M, 16):
+        i1 = min(M, i0 + 16)
+        for j0 in range(0, L, 16):
+            j1 = min(L, j0 + 16)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    dst[j, i] = src[i, j]
+
+
+@numba.njit(parallel=True, cache=True)
+def _roi_align_numba(xf, H, W, boxes, scale, sampling_ratio, aligned, out):
+    # xf (N*H*W, C): x channels-last, one row per pixel; out (K, C, PH, PW)
+    C = xf.shape[1]
+    N = xf.shape[0] // max(H * W, 1)
+    K, _, PH, PW = out.shape
+    T = xf.dtype.type
+    sc = T(scale)
+    for k in prange(K):
+        b = _batch_of(boxes[k, 0], N)
+        if b < 0:
+            out[k] = 0
+            continue
+        ys, bh, gh = _axis_geometry(T, boxes[k, 2], boxes[k, 4], sc, PH, sampling_ratio, aligned)
+        xs, bw, gw = _axis_geometry(T, boxes[k, 1], boxes[k, 3], sc, PW, sampling_ratio, aligned)
+        count = T(max(gh * gw, 1))
+        gh = max(gh, 0)  # a negative grid (inverted aligned box) means no samples
+        gw = max(gw, 0)
+        yok, ylo, yhi, ywl, ywh = _axis_table(T, ys, bh, gh, PH, H)
+        xok, xlo, xhi, xwl, xwh = _axis_table(T, xs, bw, gw, PW, W)
+        base = b * H * W
+        tile = np.zeros((PH * PW, C), xf.dtype)  # (PH*PW, C): this box's output, channels last
+        for ph in range(PH):
+            for pw in range(PW):
+                p = ph * PW + pw
+                for iy in range(gh):
+                    ry = ph * gh + iy
+                    if not yok[ry]:
+                        continue
+                    for ix in range(gw):
+                        rx = pw * gw + ix
+                        if not xok[rx]:
+                            continue
+                        w1 = ywl[ry] * xwl[rx]
+                        w2 = ywl[ry] * xwh[rx]
+                        w3 = ywh[ry] * xwl[rx]
+                        w4 = ywh[ry] * xwh[rx]
+                        r1 = base + ylo[ry] * W + xlo[rx]  # pixel rows of the 4 taps
+                        r2 = base + ylo[ry] * W + xhi[rx]
+                        r3 = base + yhi[ry] * W + xlo[rx]
+                        r4 = base + yhi[ry] * W + xhi[rx]
+                        for c in range(C):  # contiguous in c: vectorises
+                            tile[p, c] += (w1 * xf[r1, c] + w2 * xf[r2, c] + w3 * xf[r3, c]
+                                           + w4 * xf[r4, c])
+                for c in range(C):
+                    tile[p, c] /= count
+        _transpose_into(tile, out[k].reshape(C, PH * PW))  # (PH*PW, C) -> (C, PH*PW)
+
+
+@numba.njit(parallel=True, cache=True)
+def _roi_align_backward_numba(gy, boxes, scale, sampling_ratio, aligned, PH, PW, H, W, nthreads,
+                              gf):
+    # gy (K, C, PH*PW); gf (N*H*W, C) zeroed: gx channels-last, one row per pixel
+    K, C, P = gy.shape
+    N = gf.shape[0] // max(H * W, 1)
+    T = gf.dtype.type
+    sc = T(scale)
+    nchunks = max(1, min(nthreads, C // 16))
+    chunk = (C + nchunks - 1) // nchunks
+    for t in prange(nchunks):  # each thread owns a slice of channels: no two write one element
+        c0 = t * chunk
+        cw = min(C, c0 + chunk) - c0
+        gt = np.empty((P, cw), gf.dtype)  # (PH*PW, cw): this box's gy, channels last
+        for k in range(K):
+            b = _batch_of(boxes[k, 0], N)
+            if b < 0:
+                continue
+            ys, bh, gh = _axis_geometry(T, boxes[k, 2], boxes[k, 4], sc, PH, sampling_ratio,
+                                        aligned)
+            xs, bw, gw = _axis_geometry(T, boxes[k, 1], boxes[k, 3], sc, PW, sampling_ratio,
+                                        aligned)
+            count = T(max(gh * gw, 1))
+            gh = max(gh, 0)
+            gw = max(gw, 0)
+            yok, ylo, yhi, ywl, ywh = _axis_table(T, ys, bh, gh, PH, H)
+            xok, xlo, xhi, xwl, xwh = _axis_table(T, xs, bw, gw, PW, W)
+            _transpose_into(gy[k, c0:c0 + cw], gt)  # (cw, P) -> (P, cw)
+            base = b * H * W
+            for ph in range(PH):
+                for pw in range(PW):
+                    gp = gt[ph * PW + pw]  # (cw,)
+                    for iy in range(gh):
+                        ry = ph * gh + iy
+                        if not yok[ry]:
+                            continue
+                        for ix in range(gw):
+                            rx = pw * gw + ix
+                            if not xok[rx]:
+                                continue
+                            # w / count once per sample (the reference divides g*w by count:
+                            # the two differ in the last bit only)
+                            w1 = ywl[ry] * xwl[rx] / count
+                            w2 = ywl[ry] * xwh[rx] / count
+                            w3 = ywh[ry] * xwl[rx] / count
+                            w4 = ywh[ry] * xwh[rx] / count
+                            # 1-D row views (2-D indexing here defeats LLVM's vectoriser)
+                            d1 = gf[base + ylo[ry] * W + xlo[rx], c0:c0 + cw]
+                            d2 = gf[base + ylo[ry] * W + xhi[rx], c0:c0 + cw]
+                            d3 = gf[base + yhi[ry] * W + xlo[rx], c0:c0 + cw]
+                            d4 = gf[base + yhi[ry] * W + xhi[rx], c0:c0 + cw]
+                            # d1..d4 may be one pixel at the border: each c still adds in order
+                            for c in range(cw):
+                                g = gp[c]
+                                d1[c] += w1 * g
+                                d2[c] += w2 * g
+                                d3[c] += w3 * g
+                                d4[c] += w4 * g
+
+
+@numba.njit(parallel=True, cache=True)
+def _swap_last2(a, out):
+    # a (B, M, L) -> out (B, L, M), in 32x32 tiles, parallel over (B, tiles of M)
+    B, M, L = a.shape
+    TS = 32
+    nm = (M + TS - 1) // TS
+    for t in prange(B * nm):
+        bb = t // nm
+        m0 = (t % nm) * TS
+        m1 = min(M, m0 + TS)
+        for l0 in range(0, L, TS):
+            l1 = min(L, l0 + TS)
+            for m in range(m0, m1):
+                for l in range(l0, l1):
+                    out[bb, l, m] = a[bb, m, l]
+
+
+def _channels_last(a: np.ndarray) -> np.ndarray:
+    """(B, C, S...) -> (B, S..., C) contiguous copy, with the parallel tiled transpose."""
+    B, C = a.shape[:2]
+    rest = a.shape[2:]
+    S = int(np.prod(rest))
+    out = np.empty((B, S, C), a.dtype)  # (B, S, C)
+    if out.size:
+        _swap_last2(np.ascontiguousarray(a).reshape(B, C, S), out)
+    return out.reshape((B,) + rest + (C,))
+
+
+def _channels_first(a: np.ndarray) -> np.ndarray:
+    """(B, S..., C) -> (B, C, S...) contiguous copy."""
+    B, C = a.shape[0], a.shape[-1]
+    rest = a.shape[1:-1]
+    S = int(np.prod(rest))
+    out = np.empty((B, C, S), a.dtype)  # (B, C, S)
+    if out.size:
+        _swap_last2(np.ascontiguousarray(a).reshape(B, S, C), out)
+    return out.reshape((B, C) + rest)
+
+
+def roi_align_numba(x: np.ndarray, boxes: np.ndarray, output_size: Pair, spatial_scale: float,
+                    sampling_ratio: int, aligned: bool) -> np.ndarray:
+    N, C, H, W = x.shape
+    PH, PW = output_size
+    K = boxes.shape[0]
+    out = np.empty((K, C, PH, PW), x.dtype)
+    if out.size:
+        xf = _channels_last(x).reshape(N * H * W, C)  # (N*H*W, C)
+        _roi_align_numba(xf, H, W, np.ascontiguousarray(boxes, x.dtype), float(spatial_scale),
+                         int(sampling_ratio), bool(aligned), out)
+    return out
+
+
+def roi_align_backward_numba(gy: np.ndarray, boxes: np.ndarray, input_shape: tuple,
+                             spatial_scale: float, sampling_ratio: int,
+                             aligned: bool) -> np.ndarray:
+    N, C, H, W = input_shape
+    K, _, PH, PW = gy.shape
+    gf = np.zeros((N * H * W, C), gy.dtype)  # (N*H*W, C): gx channels-last
+    if gy.size and gf.size:
+        _roi_align_backward_numba(np.ascontiguousarray(gy).reshape(K, C, PH * PW),
+                                  np.ascontiguousarray(boxes, gy.dtype), float(spatial_scale),
+                                  int(sampling_ratio), bool(aligned), PH, PW, H, W,
+                                  numba.get_num_threads(), gf)
+    return _channels_first(gf.reshape(N, H, W, C))  # (N, C, H, W)
+
+
+# =============================================================================================
+# cuda
+# =============================================================================================
+
+
+def _roi_align_cuda(x, boxes, scale, sampling_ratio, aligned, out):
+    i = cuda.grid(1)
+    K, C, PH, PW = out.shape
+    if i >= K * C * PH * PW:
+        return
+    pw = i % PW
+    ph = (i // PW) % PH
+    c = (i // (PW * PH)) % C
+    k = i // (PW * PH * C)
+    N, H, W = x.shape[0], x.shape[2], x.shape[3]
+    T = x.dtype.type
+    sc = T(scale)
+    b = _batch_of(boxes[k, 0], N)
+    if b < 0:
+        out[k, c, ph, pw] = T(0.0)
+        return
+    ys, bh, gh = _axis_geometry(T, boxes[k, 2], boxes[k, 4], sc, PH, sampling_ratio, aligned)
+    xs, bw, gw = _axis_geometry(T, boxes[k, 1], boxes[k, 3], sc, PW, sampling_ratio, aligned)
+    count = max(gh * gw, 1)
+    acc = T(0.0)
+    for iy in range(gh):
+        oky, yl, yh, hy, ly = _axis_taps(T, _sample_coord(T, ys, bh, gh, ph, iy), H)
+        if not oky:
+            continue
+        for ix in range(gw):
+            okx, xl, xh, hx, lx = _axis_taps(T, _sample_coord(T, xs, bw, gw, pw, ix), W)
+            if okx:
+                acc += (hy * hx * x[b, c, yl, xl] + hy * lx * x[b, c, yl, xh]
+                        + ly * hx * x[b, c, yh, xl] + ly * lx * x[b, c, yh, xh])
+    out[k, c, ph, pw] = acc / T(count)
+
+
+def _roi_align_backward_cuda(gy, boxes, scale, sampling_ratio, aligned, gx):
+    # one thread per gy element; its taps are added into gx with atomics (boxes overlap)
+    i = cuda.grid(1)
+    K, C, PH, PW = gy.shape
+    if i >= K * C * PH * PW:
+        return
+    pw = i % PW
+    ph = (i // PW) % PH
+    c = (i // (PW * PH)) % C
+    k = i // (PW * PH * C)
+    N, H, W = gx.shape[0], gx.shape[2], gx.shape[3]
+    T = gy.dtype.type
+    sc = T(scale)
+    b = _batch_of(boxes[k, 0], N)
+    if b < 0:
+        return
+    ys, bh, gh = _axis_geometry(T, boxes[k, 2], boxes[k, 4], sc, PH, sampling_ratio, aligned)
+    xs, bw, gw = _axis_geometry(T, boxes[k, 1], boxes[k, 3], sc, PW, sampling_ratio, aligned)
+    count = T(max(gh * gw, 1))
+    g = gy[k, c, ph, pw]
+    for iy in range(gh):
+        oky, yl, yh, hy, ly = _axis_taps(T, _sample_coord(T, ys, bh, gh, ph, iy), H)
+        if not oky:
+            continue
+        for ix in range(gw):
+            okx, xl, xh, hx, lx = _axis_taps(T, _sample_coord(T, xs, bw, gw, pw, ix), W)
+            if okx:
+                cuda.atomic.add(gx, (b, c, yl, xl), g * (hy * hx) / count)
+                cuda.atomic.add(gx, (b, c, yl, xh), g * (hy * lx) / count)
+                cuda.atomic.add(gx, (b, c, yh, xl), g * (ly * hx) / count)
+                cuda.atomic.add(gx, (b, c, yh, xh), g * (ly * lx) / count)
+
+
+roi_align_cuda_kernel = cuda.jit(_roi_align_cuda)
+roi_align_backward_cuda_kernel = cuda.jit(_roi_align_backward_cuda)
+
+
+# Launch plumbing: CuPy arrays go to the kernels as they are; NumPy arrays are copied to the device
+# once and results copied back once (the simulator and host-array callers take this path).
+def _to_dev(a):
+    return cuda.to_device(np.ascontiguousarray(a)) if xp_of(a) is np else a
+
+
+def _dev_zeros(like, shape, dtype):
+    if xp_of(like) is np:
+        return cuda.to_device(np.zeros(shape, dtype))
+    return xp_of(like).zeros(shape, dtype)
+
+
+def _to_host_like(like, a):
+    return a.copy_to_host() if xp_of(like) is np else a
+
+
+def _contig(a):
+    return np.ascontiguousarray(a) if xp_of(a) is np else xp_of(a).ascontiguousarray(a)
+
+
+def roi_align_cuda(x, boxes, output_size: Pair, spatial_scale: float, sampling_ratio: int,
+                   aligned: bool):
+    N, C, H, W = x.shape
+    PH, PW = output_size
+    K = boxes.shape[0]
+    x, boxes = _contig(x), _contig(boxes.astype(x.dtype, copy=False))
+    out = _dev_zeros(x, (K, C, PH, PW), x.dtype)
+    launch(roi_align_cuda_kernel, K * C * PH * PW, _to_dev(x), _to_dev(boxes),
+           float(spatial_scale), int(sampling_ratio), bool(aligned), out)
+    return _to_host_like(x, out)
+
+
+def roi_align_backward_cuda(gy, boxes, input_shape: tuple, spatial_scale: float,
+                            sampling_ratio: int, aligned: bool):
+    K, C, PH, PW = gy.shape
+    gy, boxes = _contig(gy), _contig(boxes.astype(gy.dtype, copy=False))
+    gx = _dev_zeros(gy, tuple(input_shape), gy.dtype)
+    launch(roi_align_backward_cuda_kernel, K * C * PH * PW, _to_dev(gy), _to_dev(boxes),
+           float(spatial_scale), int(sampling_ratio), bool(aligned), gx)
+    return _to_host_like(gy, gx)
+
+
+# =============================================================================================
+# tables
+# =============================================================================================
+
+
+IMPLS = {
+    "roi_align": {
+        "reference": roi_align_reference,
+        "numba": roi_align_numba,
+        "cuda": roi_align_cuda,
+    },
+    "roi_align_backward": {
+        "reference": roi_align_backward_reference,
+        "numba": roi_align_backward_numba,
+        "cuda": roi_align_backward_cuda,
+    },
+}
+
+
+def _farr(ndim: int, dtype) -> types.Array:
+    # (kernels/_cuda.float_array calls types.from_dtype, which this Numba lacks)
+    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
+
+
+PTX = [
+    (fn, [(_farr(4, dt), _farr(2, dt), types.float64, types.int64, types.boolean, _farr(4, dt))
+          for dt in (np.float32, np.float64)])
+    for fn in (_roi_align_cuda, _roi_align_backward_cuda)
+]
