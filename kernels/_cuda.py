@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from numba import types
+from numba.np.numpy_support import from_dtype
 
 # Numba's simulator runs each thread as a Python thread: keep blocks small there so a test's few
 # hundred threads do not become thousands of idle ones.
@@ -46,7 +47,7 @@ def launch(kernel: Any, n: int, *args: Any) -> None:
 
 def float_array(ndim: int, dtype: Any) -> types.Array:
     """A Numba array type for PTX signatures: ``float_array(4, np.float32)`` is float32[:, :, :, :]."""
-    return types.Array(types.from_dtype(np.dtype(dtype)), ndim, "C")
+    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
 
 
 FLOAT_DTYPES = (np.float32, np.float64)

@@ -18,8 +18,8 @@ Versions in this file (all checked against the reference by tests/test_bed_of_na
 * reference: Python loops straight from the formula (the oracle).
 * numpy: zeros then a strided slice assignment ``y[..., ::sh, ::sw] = x``; backward the strided
   slice ``gy[..., ::sh, ::sw]``.
-* numba: one prange iteration per (n, c) plane; every output row is written once (zero rows as a
-  block, nail rows element by element).
+* numba: one prange iteration per (n, c) plane; each output row is zeroed and then, on nail rows,
+  its nails are written while the row is still in cache.
 * cuda: forward one thread per *output* pixel (it writes the value or the zero, so no separate
   zero fill); backward one thread per input pixel: a strided gather, deterministic, no atomics.
 
@@ -76,8 +76,8 @@ def bed_of_nails_backward_reference(gy: np.ndarray, scale: Pair) -> np.ndarray:
 # =============================================================================================
 
 
-# Scalars only: under the CUDA simulator a kernel's arrays are Python fakes that an @njit
-# function cannot take, so the shared helper works on indices.
+# Scalars only: under the CUDA simulator an @njit helper given the kernel's (fake) device arrays
+# failed with "can't unbox array", so the shared helper works on indices.
 @numba.njit(inline="always", cache=True)
 def nail_source(oh, ow, sh, sw):
     """(i, j, is_nail): output (oh, ow) holds x[i, j] when is_nail, else 0."""

@@ -5,8 +5,6 @@ Neither has parameters; each checks its configuration when built and calls the f
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..functional import upsample as _U
 from ..tensor import Tensor
 from .module import Module
@@ -47,7 +45,10 @@ class Upsample(Module):
 
 
 class BedOfNails(Module):
-    """Zero-insertion upsampling: ``F.bed_of_nails(x, scale)``; (N, C, H, W) -> (N, C, H*sh, W*sw)."""
+    """Zero-insertion upsampling, ``F.bed_of_nails(x, scale)``.
+
+    (N, C, H, W) -> (N, C, H*sh, W*sw); ``scale`` is a positive int or a pair (sh, sw).
+    """
 
     def __init__(self, scale: int | tuple[int, int]) -> None:
         super().__init__()
