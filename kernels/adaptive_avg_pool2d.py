@@ -9,12 +9,13 @@ Formula (per (n, c) plane; H, W input, OH, OW output)::
 Bins may overlap (H not a multiple of OH) and OH > H is allowed (bins then repeat rows). The
 map is linear; its adjoint, as a gather over the bins that contain an input pixel::
 
-    gx[n,c,h,w] = sum over bins (i, j) containing (h, w), in (i, j) order, of gy[n,c,i,j]/(lh_i*lw_j)
+    gx[n,c,h,w] = sum over the bins (i, j) containing (h, w), in (i, j) order,
+                  of gy[n,c,i,j] / (lh_i*lw_j)
     the bins containing row h are i in [floor(h*OH/H), ceil((h+1)*OH/H))   (exact integer math)
 
 Shapes: x (N, C, H, W) float32/float64 -> y (N, C, OH, OW); gy (N, C, OH, OW) -> gx (N, C, H, W).
 
-Versions in this file (every one checked against the reference by tests/test_adaptive_avg_pool2d.py):
+Versions in this file (each checked against the reference by tests/test_adaptive_avg_pool2d.py):
 
 * reference: Python loops from the formula; the backward scatters (the oracle).
 * numpy: separable, ``y = A_h @ x @ A_w^T`` with averaging matrices A (OH, H) whose row i is
@@ -31,9 +32,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import cuda, prange, types
-from numba.np.numpy_support import from_dtype
 
-from ._cuda import SIMULATOR, launch, xp_of
+from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, xp_of
 from .max_pool2d import dev_empty, to_dev, to_host_like
 
 Pair = tuple[int, int]
@@ -268,13 +268,10 @@ IMPLS = {
 }
 
 
-def _arr(ndim: int, dtype) -> types.Array:
-    # kernels/_cuda.float_array calls types.from_dtype, which Numba 0.68 does not have.
-    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
-
 
 PTX = [
-    (_adaptive_avg_pool2d_cuda, [(_arr(4, dt), _arr(4, dt)) for dt in (np.float32, np.float64)]),
+    (_adaptive_avg_pool2d_cuda,
+     [(float_array(4, dt), float_array(4, dt)) for dt in FLOAT_DTYPES]),
     (_adaptive_avg_pool2d_backward_cuda,
-     [(_arr(4, dt), _arr(4, dt)) for dt in (np.float32, np.float64)]),
+     [(float_array(4, dt), float_array(4, dt)) for dt in FLOAT_DTYPES]),
 ]

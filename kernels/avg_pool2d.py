@@ -3,7 +3,8 @@
 Formula (per (n, c) plane; kh, kw kernel, sh, sw stride, ph, pw zero padding)::
 
     OH = floor((H + 2*ph - kh) / sh) + 1                     (likewise OW)
-    y[n,c,oh,ow] = (sum over taps (i, j) inside the input of x[n,c,oh*sh-ph+i, ow*sw-pw+j]) / (kh*kw)
+    y[n,c,oh,ow] = sum over taps (i, j) inside the input of x[n,c,oh*sh-ph+i, ow*sw-pw+j],
+                   divided by kh*kw
 
 With ceil_mode=False no window reaches past the padded input, so count_include_pad=True divides
 every window by kh*kw (the padded taps count as zeros). The map is linear; its adjoint is::
@@ -25,7 +26,8 @@ Versions in this file (every one checked against the reference by tests/test_avg
 * cuda: one thread per output (forward, the shared per-window helper) and one thread per input
   pixel (backward, the shared gather): deterministic, no atomics.
 
-Benchmark: ``python benchmarks/bench_avg_pool2d.py``.
+Benchmark: none of its own yet in ``benchmarks/`` (bench_max_pool2d.py shows how: validate against
+the reference, then time the functional op against ``torch.nn.functional.avg_pool2d``).
 """
 
 from __future__ import annotations
@@ -33,9 +35,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import cuda, prange, types
-from numba.np.numpy_support import from_dtype
 
-from ._cuda import SIMULATOR, launch, xp_of
+from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, xp_of
 from .max_pool2d import _tap_range, dev_empty, output_size, to_dev, to_host_like
 
 Pair = tuple[int, int]
@@ -300,14 +301,11 @@ IMPLS = {
 }
 
 
-def _arr(ndim: int, dtype) -> types.Array:
-    # kernels/_cuda.float_array calls types.from_dtype, which Numba 0.68 does not have.
-    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
-
 
 _I = types.int64
 PTX = [
-    (_avg_pool2d_cuda, [(_arr(4, dt), _arr(4, dt)) + (_I,) * 6 for dt in (np.float32, np.float64)]),
+    (_avg_pool2d_cuda,
+     [(float_array(4, dt), float_array(4, dt)) + (_I,) * 6 for dt in FLOAT_DTYPES]),
     (_avg_pool2d_backward_cuda,
-     [(_arr(4, dt), _arr(4, dt)) + (_I,) * 6 for dt in (np.float32, np.float64)]),
+     [(float_array(4, dt), float_array(4, dt)) + (_I,) * 6 for dt in FLOAT_DTYPES]),
 ]

@@ -22,15 +22,21 @@ gy (N, C, OH, OW), idx -> gx (N, C, H, W).
 Versions in this file (every one checked against the reference by tests/test_max_pool2d.py):
 
 * reference: Python loops straight from the formula (the oracle).
-* numpy: the taps of every window as a strided view -> argmax over taps; backward ``np.add.at``.
-* numba: one prange iteration per (n, c) plane; forward calls the shared per-window helper,
-  backward scatters by index, sequentially within the plane (so the sums run in (oh, ow) order).
+* numpy: the -inf-padded input gathered into (N, C, OH, OW, kh*kw) taps, then ``argmax`` (its
+  first-maximum, first-NaN rule is the SPEC's); backward ``np.add.at``.
+* numba: one prange iteration per (n, c) plane. Forward: the interior windows (every tap inside)
+  run a branch-free loop over precomputed tap offsets, the border windows call the shared
+  per-window helper. Backward: scatter by index, sequentially within the plane (so the sums run
+  in (oh, ow) order). Kernel 2, stride 2, no padding (U-Net, SegNet, FCN) has its own pair of
+  kernels: a vectorised balanced-tree forward, and a branch-free gather backward (the windows do
+  not overlap, so each pixel reads its own window's index).
 * cuda: one thread per output (forward) and, for the backward, one thread per *input* pixel that
   visits the windows containing it and sums gy where that window's index is this pixel: a gather,
   deterministic, no atomics. Its sum runs in (oh, ow) order too, so it matches the numba scatter
   bit for bit.
 
-Benchmark: ``python benchmarks/bench_max_pool2d.py`` (N=8, C=64, 128x128, 2x2 stride 2, float32).
+Benchmark: ``python benchmarks/bench_max_pool2d.py`` (alone and chained with max_unpool2d; N=8,
+C=64, 128x128, 2x2 stride 2, float32) against PyTorch.
 """
 
 from __future__ import annotations
@@ -41,9 +47,8 @@ import numba
 import numpy as np
 from numba import cuda, prange, types
 
-from numba.np.numpy_support import from_dtype
 
-from ._cuda import SIMULATOR, launch, xp_of
+from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, xp_of
 
 Pair = tuple[int, int]
 
@@ -312,28 +317,29 @@ def _max_pool2d_2x2_numba(x, y, idx):
     xf = x.reshape(NC, H * W)  # (N*C, H*W)
     yf = y.reshape(NC, OH * OW)  # (N*C, OH*OW)
     af = idx.reshape(NC, OH * OW)  # (N*C, OH*OW)
-    Wu = _U(W)
     for p in prange(NC):
         xp = xf[p]
         yp = yf[p]
         ap = af[p]
         for oh in range(OH):
-            r0 = _U(2 * oh * W)
-            o0 = _U(oh * OW)
+            top = xp[2 * oh * W:(2 * oh + 1) * W]  # the window rows as two contiguous streams
+            bot = xp[(2 * oh + 1) * W:(2 * oh + 2) * W]
+            yo = yp[oh * OW:(oh + 1) * OW]
+            ao = ap[oh * OW:(oh + 1) * OW]
+            base = 2 * oh * W
             for ow in range(_U(OW)):
-                k = r0 + _U(2) * ow
-                a0 = xp[k]
-                a1 = xp[k + _U(1)]
-                b0 = xp[k + Wu]
-                b1 = xp[k + Wu + _U(1)]
+                a0 = top[_U(2) * ow]
+                a1 = top[_U(2) * ow + _U(1)]
+                b0 = bot[_U(2) * ow]
+                b1 = bot[_U(2) * ow + _U(1)]
                 ca = (a0 == a0) & (not (a1 <= a0))
                 ma = a1 if ca else a0
                 cb = (b0 == b0) & (not (b1 <= b0))
                 mb = b1 if cb else b0
                 c = (ma == ma) & (not (mb <= ma))
-                yp[o0 + ow] = mb if c else ma
-                col = cb if c else ca
-                ap[o0 + ow] = np.int64(k + (Wu if c else _U(0)) + (_U(1) if col else _U(0)))
+                yo[ow] = mb if c else ma
+                off = (W if c else 0) + ((1 if cb else 0) if c else (1 if ca else 0))
+                ao[ow] = base + np.int64(2 * ow) + off
 
 
 @numba.njit(parallel=True, cache=True)
@@ -531,16 +537,12 @@ IMPLS = {
     },
 }
 
-def float_array(ndim: int, dtype) -> types.Array:
-    # kernels/_cuda.float_array calls types.from_dtype, which Numba does not have (reported).
-    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
-
 
 _I = types.int64
 _IDX = types.Array(types.int64, 4, "C")
 PTX = [
     (_max_pool2d_cuda,
-     [(float_array(4, dt), float_array(4, dt), _IDX) + (_I,) * 8 for dt in (np.float32, np.float64)]),
+     [(float_array(4, dt), float_array(4, dt), _IDX) + (_I,) * 8 for dt in FLOAT_DTYPES]),
     (_max_pool2d_backward_cuda,
-     [(float_array(4, dt), _IDX, float_array(4, dt)) + (_I,) * 8 for dt in (np.float32, np.float64)]),
+     [(float_array(4, dt), _IDX, float_array(4, dt)) + (_I,) * 8 for dt in FLOAT_DTYPES]),
 ]

@@ -23,13 +23,14 @@ Versions in this file (every one checked against the reference by tests/test_max
 * numpy: one flat fancy-index assignment (NumPy assigns 1-D fancy indices in order, so the
   last repeated index wins) and one ``take_along_axis`` for the backward.
 * numba: one prange iteration per (n, c) plane: zero the plane, scatter in order (the last write
-  wins); the backward is a per-element gather.
+  wins); the backward is a branch-free per-element gather.
 * cuda: the scatter is made deterministic without float atomics: (1) one thread per input
   element does an *integer* ``atomic.max`` of its flat position into an int32 "owner" map of the
   output (so the owner of each pixel is its last writer in row-major order, as on the CPU);
   (2) one thread per output pixel gathers ``x`` of its owner, or 0. The backward is a gather.
 
-Benchmark: ``python benchmarks/bench_max_unpool2d.py`` (N=8, C=64, 64x64 -> 128x128, float32).
+Benchmark: ``python benchmarks/bench_max_pool2d.py`` times it in the pool -> unpool chain (N=8,
+C=64, 128x128, 2x2 stride 2, float32, forward and forward+backward) against PyTorch.
 """
 
 from __future__ import annotations
@@ -37,9 +38,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import cuda, prange, types
-from numba.np.numpy_support import from_dtype
 
-from ._cuda import SIMULATOR, launch, xp_of
+from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, xp_of
 from .max_pool2d import dev_empty, to_dev, to_host_like
 
 Pair = tuple[int, int]
@@ -142,9 +142,17 @@ def _max_unpool2d_numba(xf, idxf, outf):
 @numba.njit(parallel=True, cache=True)
 def _max_unpool2d_backward_numba(gyf, idxf, gxf):
     NC, HW = gxf.shape
+    OHW = gyf.shape[1]
     for p in prange(NC):
-        for t in range(HW):
-            _unpool_grad_at(gyf, idxf, gxf, p, t)
+        g = gxf[p]
+        a = idxf[p]
+        d = gyf[p]
+        for t in range(_U(HW)):
+            # _unpool_grad_at, branch-free: a negative index turns into a huge unsigned one, so
+            # one unsigned compare checks both ends; out-of-plane indices read d[0] and give 0.
+            k = _U(a[t])
+            ok = k < _U(OHW)
+            g[t] = d[k if ok else _U(0)] if ok else 0
 
 
 def max_unpool2d_numba(x: np.ndarray, idx: np.ndarray, output_size: Pair) -> np.ndarray:
@@ -160,6 +168,8 @@ def max_unpool2d_numba(x: np.ndarray, idx: np.ndarray, output_size: Pair) -> np.
 
 def max_unpool2d_backward_numba(gy: np.ndarray, idx: np.ndarray) -> np.ndarray:
     N, C, OH, OW = gy.shape
+    if OH * OW == 0:  # nothing to gather from (and the branch-free loop reads element 0)
+        return np.zeros(idx.shape, gy.dtype)
     gx = np.empty(idx.shape, gy.dtype)
     if gx.size:
         _max_unpool2d_backward_numba(np.ascontiguousarray(gy).reshape(N * C, OH * OW),
@@ -263,16 +273,13 @@ IMPLS = {
 }
 
 
-def _arr(ndim: int, dtype) -> types.Array:
-    # kernels/_cuda.float_array calls types.from_dtype, which Numba 0.68 does not have.
-    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
-
 
 _IDX2 = types.Array(types.int64, 2, "C")
 _OWN2 = types.Array(types.int32, 2, "C")
 PTX = [
     (_unpool_owner_cuda, [(_IDX2, _OWN2)]),  # dtype-free: one signature
-    (_unpool_gather_cuda, [(_arr(2, dt), _OWN2, _arr(2, dt)) for dt in (np.float32, np.float64)]),
+    (_unpool_gather_cuda,
+     [(float_array(2, dt), _OWN2, float_array(2, dt)) for dt in FLOAT_DTYPES]),
     (_max_unpool2d_backward_cuda,
-     [(_arr(2, dt), _IDX2, _arr(2, dt)) for dt in (np.float32, np.float64)]),
+     [(float_array(2, dt), _IDX2, float_array(2, dt)) for dt in FLOAT_DTYPES]),
 ]

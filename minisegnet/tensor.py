@@ -299,6 +299,7 @@ class Tensor:
         pending: dict[int, tuple[Tensor, Any]] = {id(self): (self, grad)}
         heap: list[tuple[int, int, Function]] = []
         seen: set[int] = set()
+        handed: set[int] = {id(grad)}  # gradient arrays already held by some tensor this pass
 
         def push(f: Function) -> None:
             if id(f) not in seen:
@@ -335,17 +336,26 @@ class Tensor:
                 if gx.dtype != x.dtype:
                     gx = gx.astype(x.dtype)
                 if x.creator is None:
-                    x._accumulate(gx)
+                    # A fresh array that nobody else holds can become .grad without a copy; a
+                    # view, or an array also given to another input (Add passes gy to both
+                    # sides), is copied so that in-place edits of one .grad never reach another.
+                    shared = gx.base is not None or id(gx) in handed
+                    handed.add(id(gx))
+                    x._accumulate(gx, copy=shared)
                 else:
                     prev = pending.get(id(x))
+                    handed.add(id(gx))
                     pending[id(x)] = (x, gx if prev is None else prev[1] + gx)
                     push(x.creator)
             if not retain_graph:
                 f.release()
 
-    def _accumulate(self, g: Any) -> None:
-        # Out of place: g may be an array another input also received (e.g. both sides of a +).
-        self.grad = g.copy() if self.grad is None else self.grad + g
+    def _accumulate(self, g: Any, copy: bool = True) -> None:
+        # Out of place when adding: the old .grad may be an array the user kept a reference to.
+        if self.grad is None:
+            self.grad = g.copy() if copy else g
+        else:
+            self.grad = self.grad + g
 
     # ---- operators ----------------------------------------------------------------------
     def _other(self, other: Any) -> Tensor:

@@ -76,10 +76,9 @@ def random_in_window_indices(shape, k, s, p, d, seed):
     rng = np.random.default_rng(seed)
     idx = np.empty((N, C, OH, OW), np.int64)
     for o in np.ndindex(N, C, OH, OW):
-        taps = [(o[2] * s[0] - p[0] + i * d[0]) * W + o[3] * s[1] - p[1] + j * d[1]
-                for i in range(k[0]) for j in range(k[1])
-                if 0 <= o[2] * s[0] - p[0] + i * d[0] < H and 0 <= o[3] * s[1] - p[1] + j * d[1] < W]
-        idx[o] = rng.choice(taps)
+        rows = [h for h in (o[2] * s[0] - p[0] + i * d[0] for i in range(k[0])) if 0 <= h < H]
+        cols = [w for w in (o[3] * s[1] - p[1] + j * d[1] for j in range(k[1])) if 0 <= w < W]
+        idx[o] = rng.choice([h * W + w for h in rows for w in cols])
     return idx
 
 
