@@ -3,7 +3,8 @@
 Formula (SPEC "nms"; torchvision's CPU kernel is the model)::
 
     area(a)   = (a.x2 - a.x1) * (a.y2 - a.y1)
-    inter     = max(min(a.x2, b.x2) - max(a.x1, b.x1), 0) * max(min(a.y2, b.y2) - max(a.y1, b.y1), 0)
+    inter     = max(min(a.x2, b.x2) - max(a.x1, b.x1), 0)
+              * max(min(a.y2, b.y2) - max(a.y1, b.y1), 0)
     IoU(a, b) = inter / (area(a) + area(b) - inter),  and 0 where that union is <= 0
     nms: visit the boxes in descending score (ties: lower index first, a stable sort); keep a box
          unless its IoU with an already kept box is strictly greater than iou_threshold
@@ -20,8 +21,9 @@ Versions in this file (each checked against the reference by tests/test_nms.py):
 * reference: Python loops straight from the formula (the oracle).
 * numpy: box_iou by broadcasting; nms as the classic vectorised greedy loop (one IoU row against
   the remaining candidates per kept box).
-* numba: box_iou with prange over rows; nms as the sequential greedy loop (the greedy order is
-  inherently sequential) over precomputed areas, in a single compiled function.
+* numba: box_iou as a plain double loop (O(K*M) cheap work: 1000 x 1000 boxes take a few ms,
+  less than a parallel region's start-up and compile time); nms as the greedy loop (inherently
+  sequential) over the boxes sorted by score, in a single compiled function.
 * cuda: box_iou, one thread per pair. nms with the IoU bitmask: after a host-side stable sort,
   one thread per (box i, block of 64 boxes) writes a 64-bit mask of the boxes j > i of that block
   that i would suppress; the greedy pass over the masks (K steps, each an OR of K/64 words) runs
@@ -34,10 +36,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import cuda, prange, types
-from numba.np.numpy_support import from_dtype
+from numba import cuda, types
 
-from ._cuda import launch, xp_of
+from ._cuda import FLOAT_DTYPES, float_array, launch, xp_of
 
 MASK_BITS = 64
 
@@ -84,11 +85,13 @@ def nms_reference(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -
 
 
 # =============================================================================================
-# shared per-element helper (scalars only: the CUDA simulator calls it as it is)
+# shared per-element helper: scalars in, scalar out (so the CUDA simulator can call it as it is),
+# compiled twice from the same Python function: an ordinary @njit for the CPU kernels and an
+# inline="always" @njit, ``_iou_dev``, for the CUDA kernels (inlined at Numba-IR level, which lets
+# numba.cuda.compile_ptx type it on a machine without a GPU)
 # =============================================================================================
 
 
-@numba.njit(inline="always", cache=True)
 def _iou(T, ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
     """IoU of two xyxy boxes, in dtype T; 0 where the union is not positive."""
     area_a = (ax2 - ax1) * (ay2 - ay1)
@@ -104,6 +107,10 @@ def _iou(T, ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
     if union > T(0.0):
         return inter / union
     return T(0.0)
+
+
+_iou_dev = numba.njit(inline="always")(_iou)
+_iou = numba.njit(cache=True)(_iou)
 
 
 # =============================================================================================
@@ -142,12 +149,13 @@ def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np
 # =============================================================================================
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def _box_iou_numba(a, b, out):
     T = a.dtype.type
-    for i in prange(a.shape[0]):
+    for i in range(a.shape[0]):
         for j in range(b.shape[0]):
-            out[i, j] = _iou(T, a[i, 0], a[i, 1], a[i, 2], a[i, 3], b[j, 0], b[j, 1], b[j, 2], b[j, 3])
+            out[i, j] = _iou(T, a[i, 0], a[i, 1], a[i, 2], a[i, 3],
+                             b[j, 0], b[j, 1], b[j, 2], b[j, 3])
 
 
 @numba.njit(cache=True)
@@ -165,7 +173,8 @@ def _nms_numba(boxes, order, thr, keep):
         x1, y1, x2, y2 = boxes[p, 0], boxes[p, 1], boxes[p, 2], boxes[p, 3]
         for q in range(p + 1, K):
             if not removed[q]:
-                if _iou(T, x1, y1, x2, y2, boxes[q, 0], boxes[q, 1], boxes[q, 2], boxes[q, 3]) > thr:
+                v = _iou(T, x1, y1, x2, y2, boxes[q, 0], boxes[q, 1], boxes[q, 2], boxes[q, 3])
+                if v > thr:
                     removed[q] = True
     return n
 
@@ -200,7 +209,8 @@ def _box_iou_cuda(a, b, out):
     i = t // M
     j = t % M
     T = a.dtype.type
-    out[i, j] = _iou(T, a[i, 0], a[i, 1], a[i, 2], a[i, 3], b[j, 0], b[j, 1], b[j, 2], b[j, 3])
+    out[i, j] = _iou_dev(T, a[i, 0], a[i, 1], a[i, 2], a[i, 3],
+                         b[j, 0], b[j, 1], b[j, 2], b[j, 3])
 
 
 def _nms_mask_cuda(boxes, thr, mask):
@@ -218,7 +228,7 @@ def _nms_mask_cuda(boxes, thr, mask):
     for jj in range(MASK_BITS):
         j = blk * MASK_BITS + jj
         if j > i and j < K:
-            v = _iou(T, boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3],
+            v = _iou_dev(T, boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3],
                      boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3])
             if v > th:
                 bits |= np.uint64(1) << np.uint64(jj)
@@ -305,13 +315,8 @@ IMPLS = {
 }
 
 
-def _farr(ndim: int, dtype) -> types.Array:
-    # (kernels/_cuda.float_array calls types.from_dtype, which this Numba lacks)
-    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
-
-
 _MASK = types.Array(types.uint64, 2, "C")
 PTX = [
-    (_box_iou_cuda, [(_farr(2, dt), _farr(2, dt), _farr(2, dt)) for dt in (np.float32, np.float64)]),
-    (_nms_mask_cuda, [(_farr(2, dt), types.float64, _MASK) for dt in (np.float32, np.float64)]),
+    (_box_iou_cuda, [(float_array(2, dt),) * 3 for dt in FLOAT_DTYPES]),
+    (_nms_mask_cuda, [(float_array(2, dt), types.float64, _MASK) for dt in FLOAT_DTYPES]),
 ]

@@ -20,16 +20,21 @@ spatial_scale), the CUDA gather being the one that needs the scale)::
     gx[b, c].flat[argmax[k,c,ph,pw]] += gy[k,c,ph,pw]      in (k, ph, pw) order, skipping -1
 
 Shapes: x (N, C, H, W) float32/float64, boxes (K, 5) same dtype (batch index as a float in column
-0) -> y (K, C, PH, PW) same dtype, argmax (K, C, PH, PW) int64. gy, argmax, boxes -> gx (N,C,H,W).
+0) -> y (K, C, PH, PW) same dtype, argmax (K, C, PH, PW) int32 (internal: saved for the backward;
+int32 as in torchvision halves its memory traffic). gy, argmax, boxes -> gx (N, C, H, W).
 A box whose batch index is outside [0, N) yields zeros and argmax -1.
 
 Versions in this file (each checked against the reference by tests/test_roi_pool.py):
 
 * reference: Python loops straight from the formula (the oracle).
 * numpy: none (the ragged bins have no natural vectorised form).
-* numba: forward, one prange iteration per (box, channel); backward, one prange iteration per
-  channel: a channel's planes (all images) belong to one thread, so the scatter is race-free and
-  runs in (k, ph, pw) order.
+* numba: forward channels-last: x is copied once to (N, H, W, C); one prange iteration per box
+  computes its bins once, then scans each bin's pixels with the channel as the inner, contiguous
+  loop, keeping per-channel max / argmax / first-NaN with selects rather than branches (so it
+  vectorises; a branchy per-channel scan of the NCHW planes was 5-10x slower), and writes the
+  (PH*PW, C) tiles back transposed. Backward: one prange iteration per channel: a channel's
+  planes (all images) belong to one thread, so the scatter is race-free and runs in (k, ph, pw)
+  order; the planes are flat (H*W) so that argmax indexes them without a division.
 * cuda: forward, one thread per output element. Backward is a GATHER, not atomics: one thread per
   input pixel (n, c, h, w) visits every box of image n, finds the bins whose row and column ranges
   contain (h, w) and adds gy where that bin's argmax is this pixel. Deterministic, and its sum
@@ -46,9 +51,9 @@ import math
 import numba
 import numpy as np
 from numba import cuda, prange, types
-from numba.np.numpy_support import from_dtype
 
-from ._cuda import launch, xp_of
+from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, xp_of
+from .roi_align import _transpose_into
 
 Pair = tuple[int, int]
 
@@ -87,7 +92,7 @@ def roi_pool_reference(x: np.ndarray, boxes: np.ndarray, output_size: Pair,
     K = boxes.shape[0]
     T = x.dtype.type
     y = np.zeros((K, C, PH, PW), x.dtype)
-    arg = np.full((K, C, PH, PW), -1, np.int64)
+    arg = np.full((K, C, PH, PW), -1, np.int32)
     for k in range(K):
         if not 0 <= boxes[k, 0] < N:
             continue
@@ -129,11 +134,19 @@ def roi_pool_backward_reference(gy: np.ndarray, argmax: np.ndarray, boxes: np.nd
 
 
 # =============================================================================================
-# shared per-element helpers (scalars only: the CUDA simulator calls them as they are)
+# shared per-element helpers: scalars in, scalars out (so the CUDA simulator can call them as
+# they are). Each is compiled twice from the same Python function by ``_twins``: an ordinary
+# @njit for the CPU kernels and an inline="always" @njit, ``*_dev``, for the CUDA kernels (inlined
+# at Numba-IR level, which lets numba.cuda.compile_ptx type them on a machine without a GPU; on
+# the CPU an IR-level inline only makes the parallel kernels compile slower).
 # =============================================================================================
 
 
-@numba.njit(inline="always", cache=True)
+def _twins(fn):
+    """(CPU helper, CUDA helper) compiled from one scalar Python function."""
+    return numba.njit(cache=True)(fn), numba.njit(inline="always")(fn)
+
+
 def _batch_of(v, N):
     """Batch index stored as a float in boxes[k, 0]; -1 when outside [0, N) (or NaN)."""
     if v >= 0 and v < N:
@@ -141,7 +154,9 @@ def _batch_of(v, N):
     return -1
 
 
-@numba.njit(inline="always", cache=True)
+_batch_of, _batch_of_dev = _twins(_batch_of)
+
+
 def _round_half_away(T, v):
     """round() with halves away from zero, as an integer (clamped far outside any map)."""
     a = abs(v)
@@ -153,7 +168,9 @@ def _round_half_away(T, v):
     return r if v >= T(0.0) else -r
 
 
-@numba.njit(inline="always", cache=True)
+_round_half_away, _round_half_away_dev = _twins(_round_half_away)
+
+
 def _pool_bin(p, roi, P, start, size):
     """[lo, hi) of bin p along one axis: [floor(p*roi/P), ceil((p+1)*roi/P)) + start, clamped."""
     lo = (p * roi) // P + start
@@ -163,12 +180,35 @@ def _pool_bin(p, roi, P, start, size):
     return lo, hi
 
 
-@numba.njit(inline="always", cache=True)
-def _pool_box(T, c1, c2, scale):
-    """Along one axis: (start, roi) = (round(c1*scale), max(round(c2*scale) - start + 1, 1))."""
-    s = _round_half_away(T, c1 * scale)
-    e = _round_half_away(T, c2 * scale)
-    return s, max(e - s + 1, 1)
+_pool_bin, _pool_bin_dev = _twins(_pool_bin)
+
+
+
+def _bin_max(x, b, c, hs, he, ws, we):
+    """(max, h*W + w of the first maximum) of x[b, c] over rows [hs, he) and columns [ws, we), the
+    bin being non-empty; the first NaN wins. Written without an early exit so that the compilers
+    turn the updates into selects: a data-dependent branch here made the CPU kernel 3x slower."""
+    W = x.shape[3]
+    best = x[b, c, hs, ws]
+    where = hs * W + ws
+    first_nan = -1
+    for h in range(hs, he):
+        for w in range(ws, we):
+            v = x[b, c, h, w]
+            if v > best:  # strict: the first maximum stays; False for NaN
+                best = v
+                where = h * W + w
+            if v != v and first_nan < 0:
+                first_nan = h * W + w
+    if first_nan >= 0:
+        return x[b, c, first_nan // W, first_nan % W], first_nan
+    return best, where
+
+
+# It takes an array, which the CUDA simulator's fake device arrays cannot bring into an @njit
+# function: under the simulator the CUDA kernel calls the plain Python original. (The CPU kernel
+# runs the same rule channels-last, vectorised over channels, in _pool_box.)
+_bin_max_dev = _bin_max if SIMULATOR else numba.njit(inline="always")(_bin_max)
 
 
 # =============================================================================================
@@ -176,52 +216,83 @@ def _pool_box(T, c1, c2, scale):
 # =============================================================================================
 
 
+@numba.njit(cache=True)
+def _pool_box(xf, H, W, b, rows, cols, tv, ti, tn, out_k, arg_k):
+    """One box over all channels, channels-last: xf (N*H*W, C), rows (PH, 2) and cols (PW, 2) its
+    bins; tv, ti, tn (PH*PW, C) scratch tiles (max, argmax, first NaN); out_k, arg_k (C, PH, PW)."""
+    C = xf.shape[1]
+    PH, PW = rows.shape[0], cols.shape[0]
+    T = xf.dtype.type
+    for ph in range(PH):
+        hs, he = rows[ph, 0], rows[ph, 1]
+        for pw in range(PW):
+            ws, we = cols[pw, 0], cols[pw, 1]
+            p = ph * PW + pw
+            best, where, first_nan = tv[p], ti[p], tn[p]  # (C,) each
+            if b < 0 or he <= hs or we <= ws:
+                best[:] = T(0.0)
+                where[:] = -1
+                continue
+            best[:] = xf[(b * H + hs) * W + ws]
+            where[:] = hs * W + ws
+            first_nan[:] = -1
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    v = xf[(b * H + h) * W + w]  # (C,): the pixel's channels
+                    idx = h * W + w
+                    for c in range(C):  # selects, no branches: vectorises over channels
+                        bc = best[c]
+                        up = v[c] > bc  # strict: the first maximum stays; False for NaN
+                        best[c] = v[c] if up else bc
+                        where[c] = idx if up else where[c]
+                        first_nan[c] = idx if (v[c] != v[c] and first_nan[c] < 0) else first_nan[c]
+            for c in range(C):  # the first NaN wins
+                if first_nan[c] >= 0:
+                    best[c] = xf[b * H * W + first_nan[c], c]
+                    where[c] = first_nan[c]
+    _transpose_into(tv, out_k.reshape(C, PH * PW))  # (PH*PW, C) -> (C, PH*PW)
+    _transpose_into(ti, arg_k.reshape(C, PH * PW))
+
+
 @numba.njit(parallel=True, cache=True)
-def _roi_pool_numba(x, boxes, scale, out, arg):
-    N, C, H, W = x.shape
-    K, _, PH, PW = out.shape
-    T = x.dtype.type
+def _roi_pool_numba(xf, H, W, boxes, scale, out, arg):
+    # xf (N*H*W, C): x channels-last, one row per pixel; out, arg (K, C, PH, PW)
+    N = xf.shape[0] // (H * W)
+    K, C, PH, PW = out.shape
+    T = xf.dtype.type
     sc = T(scale)
-    for kc in prange(K * C):  # independent (box, channel) pairs
-        k = kc // C
-        c = kc % C
+    for k in prange(K):  # boxes are independent
         b = _batch_of(boxes[k, 0], N)
-        xs, rw = _pool_box(T, boxes[k, 1], boxes[k, 3], sc)
-        ys, rh = _pool_box(T, boxes[k, 2], boxes[k, 4], sc)
+        xs = _round_half_away(T, boxes[k, 1] * sc)  # x1'; roi_w = max(x2' - x1' + 1, 1)
+        rw = max(_round_half_away(T, boxes[k, 3] * sc) - xs + 1, 1)
+        ys = _round_half_away(T, boxes[k, 2] * sc)
+        rh = max(_round_half_away(T, boxes[k, 4] * sc) - ys + 1, 1)
+        rows = np.empty((PH, 2), np.int64)  # [lo, hi) of each bin
+        cols = np.empty((PW, 2), np.int64)
         for ph in range(PH):
-            hs, he = _pool_bin(ph, rh, PH, ys, H)
-            for pw in range(PW):
-                ws, we = _pool_bin(pw, rw, PW, xs, W)
-                if b < 0 or he <= hs or we <= ws:
-                    out[k, c, ph, pw] = T(0.0)
-                    arg[k, c, ph, pw] = -1
-                    continue
-                best = x[b, c, hs, ws]
-                where = hs * W + ws
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        v = x[b, c, h, w]
-                        if v > best or (v != v and best == best):  # first max; first NaN wins
-                            best = v
-                            where = h * W + w
-                out[k, c, ph, pw] = best
-                arg[k, c, ph, pw] = where
+            rows[ph, 0], rows[ph, 1] = _pool_bin(ph, rh, PH, ys, H)
+        for pw in range(PW):
+            cols[pw, 0], cols[pw, 1] = _pool_bin(pw, rw, PW, xs, W)
+        tv = np.empty((PH * PW, C), xf.dtype)
+        ti = np.empty((PH * PW, C), np.int32)
+        tn = np.empty((PH * PW, C), np.int32)
+        _pool_box(xf, H, W, b, rows, cols, tv, ti, tn, out[k], arg[k])
 
 
 @numba.njit(parallel=True, cache=True)
 def _roi_pool_backward_numba(gy, arg, boxes, gx):
-    N, C, H, W = gx.shape
-    K, _, PH, PW = gy.shape
+    # gy, arg (K, C, PH*PW); gx (N, C, H*W) zeroed: flat planes, so argmax indexes them directly
+    N, C, HW = gx.shape
+    K, _, P = gy.shape
     for c in prange(C):  # channel c of every image belongs to this iteration: no races
         for k in range(K):
             b = _batch_of(boxes[k, 0], N)
             if b < 0:
                 continue
-            for ph in range(PH):
-                for pw in range(PW):
-                    i = arg[k, c, ph, pw]
-                    if i >= 0 and i < H * W:
-                        gx[b, c, i // W, i % W] += gy[k, c, ph, pw]
+            for p in range(P):
+                i = arg[k, c, p]
+                if i >= 0 and i < HW:  # skip empty bins (and anything outside the plane)
+                    gx[b, c, i] += gy[k, c, p]
 
 
 def roi_pool_numba(x: np.ndarray, boxes: np.ndarray, output_size: Pair,
@@ -230,20 +301,24 @@ def roi_pool_numba(x: np.ndarray, boxes: np.ndarray, output_size: Pair,
     PH, PW = output_size
     K = boxes.shape[0]
     out = np.empty((K, C, PH, PW), x.dtype)
-    arg = np.empty((K, C, PH, PW), np.int64)
+    arg = np.empty((K, C, PH, PW), np.int32)
     if out.size:
-        _roi_pool_numba(np.ascontiguousarray(x), np.ascontiguousarray(boxes, x.dtype),
-                        float(spatial_scale), out, arg)
+        xf = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(N * H * W, C)  # (N*H*W, C)
+        _roi_pool_numba(xf, H, W, np.ascontiguousarray(boxes, x.dtype), float(spatial_scale),
+                        out, arg)
     return out, arg
 
 
 def roi_pool_backward_numba(gy: np.ndarray, argmax: np.ndarray, boxes: np.ndarray,
                             input_shape: tuple, spatial_scale: float) -> np.ndarray:
-    gx = np.zeros(tuple(input_shape), gy.dtype)
+    N, C, H, W = input_shape
+    K, _, PH, PW = gy.shape
+    gx = np.zeros((N, C, H * W), gy.dtype)  # (N, C, H*W)
     if gy.size and gx.size:
-        _roi_pool_backward_numba(np.ascontiguousarray(gy), np.ascontiguousarray(argmax),
+        _roi_pool_backward_numba(np.ascontiguousarray(gy).reshape(K, C, PH * PW),
+                                 np.ascontiguousarray(argmax).reshape(K, C, PH * PW),
                                  np.ascontiguousarray(boxes, gy.dtype), gx)
-    return gx
+    return gx.reshape(N, C, H, W)
 
 
 # =============================================================================================
@@ -263,25 +338,18 @@ def _roi_pool_cuda(x, boxes, scale, out, arg):
     N, H, W = x.shape[0], x.shape[2], x.shape[3]
     T = x.dtype.type
     sc = T(scale)
-    b = _batch_of(boxes[k, 0], N)
-    xs, rw = _pool_box(T, boxes[k, 1], boxes[k, 3], sc)
-    ys, rh = _pool_box(T, boxes[k, 2], boxes[k, 4], sc)
-    hs, he = _pool_bin(ph, rh, PH, ys, H)
-    ws, we = _pool_bin(pw, rw, PW, xs, W)
+    b = _batch_of_dev(boxes[k, 0], N)
+    xs = _round_half_away_dev(T, boxes[k, 1] * sc)  # x1'; roi_w = max(x2' - x1' + 1, 1)
+    rw = max(_round_half_away_dev(T, boxes[k, 3] * sc) - xs + 1, 1)
+    ys = _round_half_away_dev(T, boxes[k, 2] * sc)
+    rh = max(_round_half_away_dev(T, boxes[k, 4] * sc) - ys + 1, 1)
+    hs, he = _pool_bin_dev(ph, rh, PH, ys, H)
+    ws, we = _pool_bin_dev(pw, rw, PW, xs, W)
     if b < 0 or he <= hs or we <= ws:
         out[k, c, ph, pw] = T(0.0)
         arg[k, c, ph, pw] = -1
         return
-    best = x[b, c, hs, ws]
-    where = hs * W + ws
-    for h in range(hs, he):
-        for w in range(ws, we):
-            v = x[b, c, h, w]
-            if v > best or (v != v and best == best):
-                best = v
-                where = h * W + w
-    out[k, c, ph, pw] = best
-    arg[k, c, ph, pw] = where
+    out[k, c, ph, pw], arg[k, c, ph, pw] = _bin_max_dev(x, b, c, hs, he, ws, we)
 
 
 def _roi_pool_backward_cuda(gy, arg, boxes, scale, gx):
@@ -300,16 +368,18 @@ def _roi_pool_backward_cuda(gy, arg, boxes, scale, gx):
     me = h * W + w
     acc = T(0.0)
     for k in range(K):
-        if _batch_of(boxes[k, 0], N) != n:
+        if _batch_of_dev(boxes[k, 0], N) != n:
             continue
-        xs, rw = _pool_box(T, boxes[k, 1], boxes[k, 3], sc)
-        ys, rh = _pool_box(T, boxes[k, 2], boxes[k, 4], sc)
+        xs = _round_half_away_dev(T, boxes[k, 1] * sc)  # x1'; roi_w = max(x2' - x1' + 1, 1)
+        rw = max(_round_half_away_dev(T, boxes[k, 3] * sc) - xs + 1, 1)
+        ys = _round_half_away_dev(T, boxes[k, 2] * sc)
+        rh = max(_round_half_away_dev(T, boxes[k, 4] * sc) - ys + 1, 1)
         for ph in range(PH):
-            hs, he = _pool_bin(ph, rh, PH, ys, H)
+            hs, he = _pool_bin_dev(ph, rh, PH, ys, H)
             if h < hs or h >= he:
                 continue
             for pw in range(PW):
-                ws, we = _pool_bin(pw, rw, PW, xs, W)
+                ws, we = _pool_bin_dev(pw, rw, PW, xs, W)
                 if w >= ws and w < we and arg[k, c, ph, pw] == me:
                     acc += gy[k, c, ph, pw]
     gx[n, c, h, w] = acc
@@ -345,7 +415,7 @@ def roi_pool_cuda(x, boxes, output_size: Pair, spatial_scale: float):
     K = boxes.shape[0]
     x, boxes = _contig(x), _contig(boxes.astype(x.dtype, copy=False))
     out = _dev_empty(x, (K, C, PH, PW), x.dtype)
-    arg = _dev_empty(x, (K, C, PH, PW), np.int64)
+    arg = _dev_empty(x, (K, C, PH, PW), np.int32)
     launch(roi_pool_cuda_kernel, K * C * PH * PW, _to_dev(x), _to_dev(boxes),
            float(spatial_scale), out, arg)
     return _to_host_like(x, out), _to_host_like(x, arg)
@@ -379,17 +449,12 @@ IMPLS = {
 }
 
 
-def _farr(ndim: int, dtype) -> types.Array:
-    # (kernels/_cuda.float_array calls types.from_dtype, which this Numba lacks)
-    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
-
-
-_IDX = types.Array(types.int64, 4, "C")
+_IDX = types.Array(types.int32, 4, "C")
 PTX = [
     (_roi_pool_cuda,
-     [(_farr(4, dt), _farr(2, dt), types.float64, _farr(4, dt), _IDX)
-      for dt in (np.float32, np.float64)]),
+     [(float_array(4, dt), float_array(2, dt), types.float64, float_array(4, dt), _IDX)
+      for dt in FLOAT_DTYPES]),
     (_roi_pool_backward_cuda,
-     [(_farr(4, dt), _IDX, _farr(2, dt), types.float64, _farr(4, dt))
-      for dt in (np.float32, np.float64)]),
+     [(float_array(4, dt), _IDX, float_array(2, dt), types.float64, float_array(4, dt))
+      for dt in FLOAT_DTYPES]),
 ]

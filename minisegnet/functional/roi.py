@@ -141,7 +141,7 @@ def _rois(boxes: Boxes, x: Tensor, op: str) -> Any:
     if bad.any():
         k = int(np.argmax(bad))
         raise ValueError(f"{op}: box batch indices must be integers, box {k} has batch index "
-                         f"{idx[k]!r}")
+                         f"{float(idx[k])}")
     bad = (idx < 0) | (idx >= N)
     if bad.any():
         k = int(np.argmax(bad))
@@ -156,7 +156,7 @@ def _rois(boxes: Boxes, x: Tensor, op: str) -> Any:
 
 
 class RoIAlignFunction(Function):
-    """y = roi_align(x); backward scatters gy through the same bilinear weights. Boxes: constants."""
+    """y = roi_align(x); backward scatters gy through the same bilinear weights (boxes: fixed)."""
 
     def __init__(self, rois: Any, output_size: Pair, spatial_scale: float, sampling_ratio: int,
                  aligned: bool) -> None:
@@ -278,7 +278,8 @@ def _xyxy(b: Any, op: str, name: str) -> Any:
 def box_iou(boxes1: Any, boxes2: Any) -> Tensor:
     """Pairwise IoU of (K, 4) and (M, 4) xyxy boxes -> (K, M), in the dtype of ``boxes1``.
 
-    ``area = (x2 - x1)*(y2 - y1)``, ``inter = max(min(x2) - max(x1), 0) * max(min(y2) - max(y1), 0)``,
+    ``area = (x2 - x1)*(y2 - y1)``,
+    ``inter = max(min(x2) - max(x1), 0) * max(min(y2) - max(y1), 0)``,
     ``IoU = inter / (area1 + area2 - inter)``; 0 where that union is not positive (degenerate
     boxes; torchvision gives NaN there). Not differentiable.
     """
