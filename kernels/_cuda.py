@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import numpy as np
+import numba
 from numba import types
 from numba.np.numpy_support import from_dtype
 
@@ -51,3 +52,14 @@ def float_array(ndim: int, dtype: Any) -> types.Array:
 
 
 FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def twins(fn):
+    """(CPU helper, CUDA helper) compiled from one scalar-only Python function.
+
+    An ordinary ``@njit`` for the CPU kernels (LLVM inlines it anyway; an IR-level inline makes
+    parallel kernels compile slower) and an ``inline="always"`` ``@njit`` for the CUDA kernels:
+    inlined at Numba-IR level, which lets ``numba.cuda.compile_ptx`` type it on a machine without
+    a GPU. Scalars in and out, so that the CUDA simulator can call the helper as it is.
+    """
+    return numba.njit(cache=True)(fn), numba.njit(inline="always")(fn)

@@ -63,7 +63,7 @@ import numba
 import numpy as np
 from numba import cuda, prange, types
 
-from ._cuda import FLOAT_DTYPES, float_array, launch, xp_of
+from ._cuda import FLOAT_DTYPES, float_array, launch, twins, xp_of
 
 Pair = tuple[int, int]
 
@@ -177,16 +177,9 @@ def roi_align_backward_reference(gy: np.ndarray, boxes: np.ndarray, input_shape:
 
 # =============================================================================================
 # shared per-element helpers: scalars in, scalars out (so the CUDA simulator can call them as
-# they are). Each is compiled twice from the same Python function by ``_twins``: an ordinary
-# @njit for the CPU kernels (LLVM inlines it anyway; an IR-level inline made the parallel kernels
-# compile ~20% slower) and an inline="always" @njit, ``*_dev``, for the CUDA kernels (inlined at
-# Numba-IR level, which lets numba.cuda.compile_ptx type them on a machine without a GPU).
+# they are). Each is compiled twice from the same Python function by ``_cuda.twins``: a plain
+# @njit for the CPU kernels and an inline="always" @njit, ``*_dev``, for the CUDA kernels.
 # =============================================================================================
-
-
-def _twins(fn):
-    """(CPU helper, CUDA helper) compiled from one scalar Python function."""
-    return numba.njit(cache=True)(fn), numba.njit(inline="always")(fn)
 
 
 
@@ -197,7 +190,7 @@ def _batch_of(v, N):
     return -1
 
 
-_batch_of, _batch_of_dev = _twins(_batch_of)
+_batch_of, _batch_of_dev = twins(_batch_of)
 
 
 def _axis_geometry(T, c1, c2, scale, pooled, sampling_ratio, aligned):
@@ -216,7 +209,7 @@ def _axis_geometry(T, c1, c2, scale, pooled, sampling_ratio, aligned):
     return start, bin_size, grid
 
 
-_axis_geometry, _axis_geometry_dev = _twins(_axis_geometry)
+_axis_geometry, _axis_geometry_dev = twins(_axis_geometry)
 
 
 def _sample_coord(T, start, bin_size, grid, p, i):
@@ -224,7 +217,7 @@ def _sample_coord(T, start, bin_size, grid, p, i):
     return start + T(p) * bin_size + (T(i) + T(0.5)) * bin_size / T(grid)
 
 
-_sample_coord, _sample_coord_dev = _twins(_sample_coord)
+_sample_coord, _sample_coord_dev = twins(_sample_coord)
 
 
 def _axis_taps(T, v, size):
@@ -247,7 +240,7 @@ def _axis_taps(T, v, size):
     return True, low, high, T(1.0) - lw, lw
 
 
-_axis_taps, _axis_taps_dev = _twins(_axis_taps)
+_axis_taps, _axis_taps_dev = twins(_axis_taps)
 
 
 # =============================================================================================

@@ -52,8 +52,8 @@ import numba
 import numpy as np
 from numba import cuda, prange, types
 
-from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, xp_of
-from .roi_align import _transpose_into
+from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, twins, xp_of
+from .roi_align import _batch_of, _batch_of_dev, _transpose_into
 
 Pair = tuple[int, int]
 
@@ -135,26 +135,12 @@ def roi_pool_backward_reference(gy: np.ndarray, argmax: np.ndarray, boxes: np.nd
 
 # =============================================================================================
 # shared per-element helpers: scalars in, scalars out (so the CUDA simulator can call them as
-# they are). Each is compiled twice from the same Python function by ``_twins``: an ordinary
-# @njit for the CPU kernels and an inline="always" @njit, ``*_dev``, for the CUDA kernels (inlined
-# at Numba-IR level, which lets numba.cuda.compile_ptx type them on a machine without a GPU; on
-# the CPU an IR-level inline only makes the parallel kernels compile slower).
+# they are). Each is compiled twice from the same Python function by ``_cuda.twins``: a plain
+# @njit for the CPU kernels and an inline="always" @njit, ``*_dev``, for the CUDA kernels.
+# The batch-index helper is RoIAlign's (same boxes format).
 # =============================================================================================
 
 
-def _twins(fn):
-    """(CPU helper, CUDA helper) compiled from one scalar Python function."""
-    return numba.njit(cache=True)(fn), numba.njit(inline="always")(fn)
-
-
-def _batch_of(v, N):
-    """Batch index stored as a float in boxes[k, 0]; -1 when outside [0, N) (or NaN)."""
-    if v >= 0 and v < N:
-        return int(v)
-    return -1
-
-
-_batch_of, _batch_of_dev = _twins(_batch_of)
 
 
 def _round_half_away(T, v):
@@ -168,7 +154,7 @@ def _round_half_away(T, v):
     return r if v >= T(0.0) else -r
 
 
-_round_half_away, _round_half_away_dev = _twins(_round_half_away)
+_round_half_away, _round_half_away_dev = twins(_round_half_away)
 
 
 def _pool_bin(p, roi, P, start, size):
@@ -180,7 +166,7 @@ def _pool_bin(p, roi, P, start, size):
     return lo, hi
 
 
-_pool_bin, _pool_bin_dev = _twins(_pool_bin)
+_pool_bin, _pool_bin_dev = twins(_pool_bin)
 
 
 
