@@ -48,7 +48,8 @@ def conv_transpose2d_oracle(x, w, b, s, p, op, g, d):
                             for kq in range(KW):
                                 h, v = i * s[0] - p[0] + kp * d[0], j * s[1] - p[1] + kq * d[1]
                                 if 0 <= h < OH and 0 <= v < OW:
-                                    y[n, o0 + o, h, v] += float(x[n, c, i, j]) * float(w[c, o, kp, kq])
+                                    xv, wv = float(x[n, c, i, j]), float(w[c, o, kp, kq])
+                                    y[n, o0 + o, h, v] += xv * wv
     if b is not None:
         y += b.reshape(1, -1, 1, 1)
     return y.astype(x.dtype)

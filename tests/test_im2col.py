@@ -130,3 +130,15 @@ def test_row_blocks_reassemble_the_whole(impl, g, seed, cut):
             acc = run(impl, "col2im", np.ascontiguousarray(c[:, :, r0 * ow:r1 * ow]), shape, *geo,
                       (r0, r1), acc)
     assert_close(acc, K.col2im_reference(c, shape, *geo) + 0.5)
+
+
+@pytest.mark.parametrize("k, d", [(3, 1), (3, 2), (5, 1), (1, 1)])
+def test_same_size_stride_one_grids(impl, k, d):
+    # Stride 1 with padding d(k-1)/2 keeps the width: the numba kernel copies such rows as one
+    # flat run of the input and zeroes the edges afterwards; rows reading only padding included.
+    p = d * (k - 1) // 2
+    x = np.random.default_rng(k + d).standard_normal((2, 2, 3 if SIMULATOR else 6, 5))
+    geo = ((k, k), (1, 1), (p, p), (d, d), x.shape[2:])
+    assert_close(run(impl, "im2col", x, *geo), K.im2col_reference(x, *geo))
+    for rows in [(0, 2), (1, x.shape[2])]:
+        assert_close(run(impl, "im2col", x, *geo, rows), K.im2col_reference(x, *geo, rows))

@@ -1,18 +1,32 @@
 """Convolutions: ``conv2d`` and ``conv_transpose2d``, with autograd.
 
-Both are built from three array-level functions, and each op's backward is the *other* op:
+Both ops are built from two array-level functions, and each op's backward is the *other* op:
 
-* ``_conv2d_array(x, w)``: y = C_w x, the cross-correlation, as im2col then one batched GEMM
-  ``W (O, C*KH*KW) @ cols (N, C*KH*KW, OH*OW) -> (N, O, OH*OW)``, which is already NCHW.
-* ``_conv_transpose2d_array(y, w)``: C_w^T y, the adjoint, as ``W^T @ y`` then col2im. This is
-  conv_transpose2d's forward *and* conv2d's input gradient: the same function.
-* ``_conv2d_weight_grad_array(x, gy)``: dL/dW = sum_n gy[n] @ cols[n]^T, from the same columns
-  (conv2d keeps the columns its forward built when they are small enough, see
-  :data:`KEEP_COLUMNS_BYTES`). conv_transpose2d's weight gradient is the same function with the
-  roles of input and output gradient swapped, reusing the columns its input gradient built.
+* ``_conv2d_array(x, w, gy=None)``: y = C_w x, the cross-correlation, as im2col then a GEMM
+  ``W (O, C*KH*KW) @ cols (N, C*KH*KW, OH*OW) -> (N, O, OH*OW)``, already NCHW. Given ``gy`` it
+  also returns the weight gradient ``sum_n gy[n] @ cols[n]^T`` from the *same* columns.
+* ``_conv_transpose2d_array(gy, w)``: C_w^T gy, the adjoint, as ``W^T @ gy`` then col2im. It is
+  conv_transpose2d's forward *and* conv2d's input gradient: one function.
 
-So conv2d.backward = (conv_transpose2d(gy), weight_grad(x, gy)) and conv_transpose2d.backward =
-(conv2d(gy), weight_grad(gy, x)), as in DeZero's ``functions_conv.py``.
+So (as in DeZero's ``functions_conv.py``)::
+
+    conv2d.backward(gy)           = (conv_transpose2d(gy, w),  weight grad from im2col(x)  & gy)
+    conv_transpose2d.backward(gy) = (conv2d(gy, w),            weight grad from im2col(gy) & x)
+
+and conv_transpose2d's backward gets both gradients from one pass over the columns of gy.
+
+How the CPU path is fast (the "numba" implementation; ``benchmarks/`` has the numbers):
+
+* Blocks. The columns are 9x the input for a 3x3 kernel. Instead of building them all, the batch
+  is walked in blocks of images or of output rows (:data:`BLOCK_BYTES` of columns each), written
+  into one reused scratch buffer, and each block's GEMM writes its slice of y in place. No big
+  allocation (fresh pages cost a page fault each), and the block is largely still in cache when
+  the GEMM reads it.
+* Stride-1 adjoint as a conv. With stride 1, C_w^T gy is itself a conv2d of gy with the kernel
+  rotated 180 degrees and its channel axes swapped (padding d(k-1) - p): a GEMM summing over
+  O*KH*KW terms instead of O, and no col2im (:data:`ROTATED_KERNEL_IMPLS`). Measured on one
+  core: 1.4-1.6x faster than W^T @ gy + col2im at 16 channels, the same at 64 and 128.
+* The weight gradient is accumulated as ``cols @ gy^T`` (long inner dimension), then transposed.
 
 Depthwise convolutions (``groups == C_in`` and ``weight.shape[1] == 1``) go to the direct kernels
 of ``kernels/depthwise_conv2d.py`` when those are registered for the implementation in use: an
@@ -24,6 +38,8 @@ Output sizes (SPEC): conv2d ``H_out = floor((H + 2p - d(k-1) - 1) / s) + 1``; co
 
 from __future__ import annotations
 
+import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -41,7 +57,7 @@ try:  # the direct depthwise kernels are optional: without them the grouped im2c
 
     register(_depthwise_kernels.IMPLS)
 except ImportError:  # pragma: no cover - only while that module is absent
-    _depthwise_kernels = None
+    pass
 
 Pair = tuple[int, int]
 
@@ -131,12 +147,56 @@ def _check_common(op: str, x: Any, weight: Any, bias: Any, stride: Any, padding:
 # array level: conv2d (and its weight gradient), its adjoint (= conv_transpose2d)
 # ============================================================================================
 
-BLOCK_BYTES: dict[str, int] = {"numba": 4 << 20, "cuda": 512 << 20}
+BLOCK_BYTES: dict[str, int] = {"numba": 16 << 20, "cuda": 512 << 20}
 """Largest im2col column block per implementation, in bytes. The CPU walks the batch in blocks of
-images, or of output rows of one image, whose columns stay in cache (and in one reused-size
-allocation) instead of building the full column matrix, 9x the input for a 3x3 kernel; a GPU
-takes big blocks. Implementations not listed ("reference", and "numpy", the textbook method the
-benchmarks compare against) build all the columns at once."""
+images, or of output rows of one image, written into one reused scratch buffer, instead of
+building the full column matrix (9x the input for a 3x3 kernel); a GPU takes big blocks.
+Implementations not listed ("reference", and "numpy", the textbook method the benchmarks compare
+against) build all the columns at once. Measured on one core (3x3, N in {1, 8}, C in {16, 64,
+128}): 16 MB blocks ran within 3% of 4 MB ones and 64 MB within 6%; bigger blocks mean fewer
+parallel launches, each a wake-up and join of the worker threads that costs far more than its
+work when the cores are busy with other processes."""
+
+
+ROTATED_KERNEL_IMPLS = {"numba"}
+"""Implementations whose stride-1 transposed conv runs as a conv2d with the rotated kernel."""
+
+
+def _use_depthwise(impl: str, in_channels: int, w_shape: tuple, groups: int, x_hw: Pair,
+                   out_hw: Pair, stride: Pair, padding: Pair, dilation: Pair) -> bool:
+    """Whether the direct depthwise kernels take this conv (x_hw: the conv2d input plane)."""
+    if groups != in_channels or w_shape[1] != 1 or groups == 1:
+        return False
+    if not all(impl in implementations(k) for k in _DEPTHWISE_KERNELS):
+        return False
+    # Those kernels size their output with the conv2d formula; a transposed conv whose grid is
+    # not that one (output_padding >= stride, possible when dilation > stride) uses im2col.
+    return all(conv_output_size(x_hw[k], w_shape[2 + k], stride[k], padding[k], dilation[k])
+               == out_hw[k] for k in range(2))
+
+
+_scratch_local = threading.local()
+
+
+def _scratch(name: str, shape: tuple, dtype: Any) -> np.ndarray:
+    """A reused C-contiguous NumPy array for one block's columns. Fresh multi-megabyte arrays
+    page-fault on every call (measured 2 ms per 4 MB block on a VM); a kept buffer does not.
+    One per name, dtype and thread; callers never hold two blocks of one name at once."""
+    size = math.prod(shape)
+    key = (name, np.dtype(dtype).str)
+    bufs = _scratch_local.__dict__.setdefault("bufs", {})
+    buf = bufs.get(key)
+    if buf is None or buf.size < size:
+        buf = bufs[key] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+def _matmul_into(xp: Any, a: Any, b: Any, out: Any) -> None:
+    """out[...] = a @ b; NumPy's BLAS writes a strided ``out`` directly, CuPy gets a copy."""
+    if xp is np:
+        np.matmul(a, b, out=out)
+    else:
+        out[...] = xp.matmul(a, b)
 
 
 def _blocks(impl: str, N: int, row_bytes: int, oh: int) -> list[tuple[int, int, int, int]]:
@@ -183,24 +243,32 @@ def _conv2d_array(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, g
     blocks = _blocks(impl, N, C * kh * kw * ow * x.itemsize, oh)
     if w is not None:
         w3 = w.reshape(G, Og, K)  # (G, O/G, Cg*KH*KW)
-        y = xp.empty((N, G, Og, oh * ow), dtype=x.dtype)  # (N, G, O/G, OH*OW) = NCHW
+        # The result is allocated in its final shape and written through a view, so that it is
+        # returned as a fresh base array (autograd copies gradients that are views).
+        y = xp.empty((N, O, oh, ow), dtype=x.dtype)
+        y4 = y.reshape(N, G, Og, oh * ow)  # (N, G, O/G, OH*OW), a view
     if gy is not None:
         gy4 = xp.ascontiguousarray(gy).reshape(N, G, Og, oh * ow)  # (N, G, O/G, OH*OW)
         gwT = xp.zeros((G, K, Og), dtype=x.dtype)  # accumulated transposed: (G, Cg*KH*KW, O/G)
     for n0, n1, r0, r1 in blocks:
-        cols = im2col(x[n0:n1], (kh, kw), stride, padding, dilation, out_hw, (r0, r1))
+        out = None
+        if impl in BLOCK_BYTES and xp is np:
+            out = _scratch("cols", (n1 - n0, C * kh * kw, (r1 - r0) * ow), x.dtype)
+        cols = im2col(x[n0:n1], (kh, kw), stride, padding, dilation, out_hw, (r0, r1), out)
         cols = cols.reshape(n1 - n0, G, K, (r1 - r0) * ow)  # (B, G, Cg*KH*KW, R*OW)
         cs = slice(r0 * ow, r1 * ow)
         if w is not None:
-            xp.matmul(w3, cols, out=y[n0:n1, :, :, cs])  # (B, G, O/G, R*OW), written in place
+            _matmul_into(xp, w3, cols, y4[n0:n1, :, :, cs])  # (B, G, O/G, R*OW), in place
         if gy is not None:
-            # cols @ gy^T, summed over the block's images: (G, Cg*KH*KW, O/G). This orientation
-            # (long inner dimension, the small O/G last) ran several times faster in OpenBLAS than
-            # gy @ cols^T when the two cores are shared with other work.
+            # cols @ gy^T, summed over the block's images: (G, Cg*KH*KW, O/G). In OpenBLAS this
+            # orientation (the small O/G last) measured faster than gy @ cols^T: up to 2x on
+            # one core, several times with two threads on busy cores.
             gwT += xp.matmul(cols, gy4[n0:n1, :, :, cs].transpose(0, 1, 3, 2)).sum(axis=0)
-    y = y.reshape(N, O, oh, ow) if w is not None else None
-    gw = gwT.transpose(0, 2, 1).reshape(O, Cg, kh, kw) if gy is not None else None
-    return y, gw
+    gw = None
+    if gy is not None:
+        gw = xp.empty((O, Cg, kh, kw), dtype=x.dtype)
+        gw.reshape(G, Og, K)[...] = gwT.transpose(0, 2, 1)  # (G, O/G, Cg*KH*KW)
+    return (y if w is not None else None), gw
 
 
 def _conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, padding: Pair,
@@ -219,6 +287,15 @@ def _conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddi
         return kernel("depthwise_conv2d_backward_input", gy)(
             gy, w, tuple(x_shape), stride, padding, dilation)
     xp = get_array_module(gy)
+    if (impl in ROTATED_KERNEL_IMPLS and stride == (1, 1)
+            and all(padding[a] <= dilation[a] * (w.shape[2 + a] - 1) for a in range(2))):
+        # With stride 1 the adjoint is itself a conv2d: of gy, with the kernel rotated by 180
+        # degrees and its two channel axes swapped, padding d(k-1) - p, on x's grid. That GEMM
+        # sums over O/G*KH*KW terms instead of O/G and needs no col2im.
+        w_rot = w.reshape(G, Og, Cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+        w_rot = xp.ascontiguousarray(w_rot).reshape(C, Og, kh, kw)  # (C, O/G, KH, KW)
+        pad = tuple(dilation[a] * (w.shape[2 + a] - 1) - padding[a] for a in range(2))
+        return _conv2d_array(gy, w_rot, (1, 1), pad, dilation, G, (H, W))[0]
     gy4 = xp.ascontiguousarray(gy).reshape(N, G, Og, oh * ow)  # (N, G, O/G, OH*OW)
     wT = w.reshape(G, Og, K).transpose(0, 2, 1)  # (G, Cg*KH*KW, O/G)
     col2im = kernel("col2im", gy)
@@ -228,7 +305,11 @@ def _conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddi
         return col2im(gcols, tuple(x_shape), (kh, kw), stride, padding, dilation, (oh, ow))
     gx = xp.zeros(tuple(x_shape), dtype=gy.dtype)
     for n0, n1, r0, r1 in blocks:
-        gcols = xp.matmul(wT, gy4[n0:n1, :, :, r0 * ow:r1 * ow])  # (B, G, Cg*KH*KW, R*OW)
+        out = None
+        if xp is np:
+            out = _scratch("gcols", (n1 - n0, G, K, (r1 - r0) * ow), gy.dtype)
+        # (B, G, Cg*KH*KW, R*OW)
+        gcols = xp.matmul(wT, gy4[n0:n1, :, :, r0 * ow:r1 * ow], out=out)
         col2im(gcols.reshape(n1 - n0, C * kh * kw, (r1 - r0) * ow), (n1 - n0, C, H, W),
                (kh, kw), stride, padding, dilation, (oh, ow), (r0, r1), gx[n0:n1])
     return gx
