@@ -23,7 +23,7 @@ HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, Healt
                                       HealthCheck.data_too_large])
 DTYPES = [np.float32, np.float64]
 # The simulator runs a few thousand threads per second: tiny planes and few channels there.
-MAX_HW = 5 if SIMULATOR else 9
+MAX_HW = 4 if SIMULATOR else 9
 MAX_C = 2 if SIMULATOR else 3
 
 FWD, BWI, BWW = ("depthwise_conv2d", "depthwise_conv2d_backward_input",
@@ -52,13 +52,17 @@ def dw_case(draw):
     return (N, C, *hw), (C * m, 1, *k), s, p, d
 
 
-# Fixed cases that always reach the fused 3x3 path, strided and dilated, plus a 1x1 and a 5x3.
+# Fixed cases that reach every path of the numba kernels: the fused 3x3 loop (strided, dilated),
+# other kernel sizes, channel multipliers, 1-3 column phases, padding beyond the kernel's reach.
 TABLE = [
     ((2, 3, 7, 8), (3, 1, 3, 3), (1, 1), (1, 1), (1, 1)),
     ((1, 2, 9, 7), (4, 1, 3, 3), (2, 2), (2, 2), (2, 2)),
     ((1, 2, 8, 9), (2, 1, 3, 3), (2, 1), (1, 0), (1, 2)),
     ((2, 1, 6, 6), (3, 1, 1, 1), (1, 2), (0, 1), (1, 1)),
     ((1, 2, 9, 6), (2, 1, 5, 3), (1, 1), (2, 1), (1, 1)),
+    ((1, 2, 7, 10), (6, 1, 3, 3), (1, 3), (2, 2), (1, 1)),  # m = 3, three column phases
+    ((1, 1, 5, 5), (1, 1, 1, 1), (1, 1), (2, 2), (1, 1)),  # padding wider than the kernel
+    ((1, 1, 5, 41), (2, 1, 3, 3), (2, 2), (1, 1), (1, 1)),  # rows longer than a vector
 ]
 if SIMULATOR:
     TABLE = [((1, 2, 5, 6), (2, 1, 3, 3), (1, 1), (1, 1), (1, 1)),
@@ -155,8 +159,30 @@ def test_numba_results_do_not_depend_on_the_thread_count():
         np.testing.assert_array_equal(a, b)
 
 
+@given(H=st.integers(1, 7), W=st.integers(1, 7), S=st.integers(1, 3), HB=st.integers(0, 9),
+       WB=st.integers(0, 5), oh=st.integers(-3, 3), ow=st.integers(-3, 3))
+def test_numba_phase_split_padding_round_trip(H, W, S, HB, WB, oh, ow):
+    """The numba kernels' padded, column-phase-split plane: buf[f, r, t] = padded[r, t*S + f] with
+    padded[h + oh, v + ow] = src[h, v]; and back (cropping), zero where there is no overlap."""
+    src = np.random.default_rng(H * 100 + W).standard_normal((H, W)).astype(np.float32)
+    padded = np.zeros((HB, S * WB), np.float32)
+    inside = np.zeros((H, W), bool)
+    for h in range(H):
+        for v in range(W):
+            if 0 <= h + oh < HB and 0 <= v + ow < S * WB:
+                padded[h + oh, v + ow] = src[h, v]
+                inside[h, v] = True
+    buf = np.full((S, HB, WB), 7.0, np.float32)
+    K._pad_phases(buf, src, oh, ow)
+    expected = np.stack([padded[:, f::S] for f in range(S)]).reshape(S, HB, WB)
+    np.testing.assert_array_equal(buf, expected)
+    back = np.full((H, W), 5.0, np.float32)
+    K._unpad_phases(back, buf, oh, ow)
+    np.testing.assert_array_equal(back, np.where(inside, src, 0))
+
+
 def test_outputs_keep_the_input_dtype(impl):
-    case = ((1, 2, 5, 5), (2, 1, 3, 3), (1, 1), (1, 1), (1, 1))
+    case = ((1, 1, 4, 4), (1, 1, 3, 3), (1, 1), (1, 1), (1, 1))
     for dtype in DTYPES:
         x, w, gy = arrays(case, dtype, 0)
         assert K.IMPLS[FWD][impl](x, w, *case[2:]).dtype == dtype
