@@ -175,15 +175,18 @@ def targets(res: Results) -> list[dict[str, Any]]:
         ))
         base = target_name(DILATED_SHAPE[0], DILATED_SHAPE[1], DILATED_SHAPE[2])
         rs = {r: _ratio(res, dilated_name(r), ours, ours, base) for r in ASPP_RATES}
+        peer_rs = {r: _ratio(res, dilated_name(r), peer, peer, base) for r in ASPP_RATES}
         got = [v for v in rs.values() if v is not None]
         worst = max(got) if got else None
+        peer_detail = ", ".join(f"d{r}: {v:.2f}" for r, v in peer_rs.items() if v is not None)
         out.append(dict(
             op=OP, device=dev,
             what=f"dilated 3x3 (rates {', '.join(map(str, ASPP_RATES))}) vs the undilated conv of the "
                  f"same shape ({base.split('/')[2]}), {ours}: worst t_dilated / t_undilated",
             goal="<= 1.25", value=worst, measured=f"{worst:.2f}" if worst else "not measured",
             met=None if worst is None or len(got) < len(rs) else worst <= 1.25,
-            detail=", ".join(f"d{r}: {v:.2f}" for r, v in rs.items() if v is not None),
+            detail=", ".join(f"d{r}: {v:.2f}" for r, v in rs.items() if v is not None)
+            + (f" ({peer} for comparison: {peer_detail})" if peer_detail else ""),
         ))
     return out
 

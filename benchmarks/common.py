@@ -12,9 +12,10 @@ For every case the harness:
 3. runs each implementation once (that call also compiles the Numba kernels and starts the GPU),
    compares every output and every gradient with the oracle (shape, dtype, values within a float32
    or float64 tolerance, integers exactly) and times it only if it agrees;
-4. times: one more warm-up call, then repeats (device synchronised before and after each call)
-   until ``Settings.budget_s`` has passed and at least ``min_repeats`` ran, or ``max_repeats``;
-   median and minimum are reported;
+4. times each validated implementation in its own block (:func:`time_blocks`): one more warm-up
+   call, then repeats (device synchronised before and after each call) until its calls add up to
+   ``Settings.budget_s`` and at least ``min_repeats`` ran, or ``max_repeats``; median and minimum
+   are reported;
 5. turns the work of one call (FLOPs, bytes or samples) into GFLOP/s, GB/s or samples/s, and the
    fraction of the ceiling (:func:`measure_ceilings`: NumPy float32 GEMM, ``np.copyto`` bandwidth).
 
@@ -33,6 +34,7 @@ import importlib.util
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -45,6 +47,8 @@ import numpy as np
 MSN_IMPLS = ("reference", "numpy", "numba", "cuda")
 ALL_IMPLS = MSN_IMPLS + ("torch", "torch-cuda")
 TRUSTED_ORDER = ("numba", "numpy", "cuda")  # oracle at sizes the reference cannot reach
+JIT_IMPLS = ("numba", "cuda", "torch-cuda")  # whose first call compiles or starts a device
+SETTLE_S = 0.15  # OpenBLAS worker threads spin ~2^28 cycles (~0.1 s) after a call before sleeping
 
 # Comparison tolerances: |a - b| <= atol * max|b| + rtol * |b|. float32 sums over up to ~10^5 terms
 # (a weight gradient over N*H*W) differ with summation order at about 1e-5 of the largest value.
@@ -479,33 +483,57 @@ def snapshot(outs: list[Any]) -> list[np.ndarray | None]:
 # =============================================================================================
 
 
-def time_calls(fn: Runner, sync: Callable[[], None], settings: Settings, first_s: float) -> list[float]:
-    """Timed repeats of ``fn`` (already warmed up), each bracketed by device synchronisation.
+def time_blocks(
+    fns: dict[str, tuple[Runner, Callable[[], None], float]], settings: Settings
+) -> dict[str, list[float] | Exception]:
+    """Timed repeats of each validated runner, one implementation after the other.
 
-    Repeats until ``budget_s`` has passed and ``min_repeats`` ran (2 when one call alone exceeds
-    the budget), or ``max_repeats``. The garbage collector runs between calls, not inside them.
+    ``fns`` maps an implementation to (runner, device synchronisation, seconds of its first call).
+    Each block starts with a warm-up call (always for JIT-compiled or GPU code; for the rest only
+    when one call is shorter than the budget, as a long call is warm enough by itself), then
+    repeats until its calls add up to ``budget_s`` and ``min_repeats`` ran (2 when one call alone
+    exceeds the budget), or ``max_repeats``; each call is bracketed by device synchronisation.
+
+    Why blocks and not implementations taking turns call by call: the thread pools of OpenBLAS,
+    PyTorch's OpenMP and Numba spin for a while after a call and then sleep; alternating
+    libraries would make every call pay for another library's spinning threads or wake its own
+    (measured here: a 0.1 ms PyTorch conv took 40+ ms right after a NumPy matmul), a cost that a
+    training loop, which runs one library back to back, does not pay.
+
+    The cyclic garbage collector is off meanwhile (as in ``timeit``): arrays are freed by
+    reference counting, and a collection pass over the many objects that PyTorch and Numba's
+    compiler leave behind would land inside some calls only.
     """
-    min_rep = settings.min_repeats if first_s <= settings.budget_s else min(2, settings.min_repeats)
-    times: list[float] = []
-    start = time.perf_counter()
-    gc_was_enabled = gc.isenabled()
-    try:
-        while True:
-            gc.collect()
-            gc.disable()
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-            gc.enable()
-            elapsed = time.perf_counter() - start
-            if len(times) >= settings.max_repeats or (len(times) >= min_rep and elapsed >= settings.budget_s):
-                break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return times
+    s = settings
+    out: dict[str, list[float] | Exception] = {}
+    for impl, (fn, sync, first_s) in fns.items():
+        times: list[float] = []
+        min_rep = s.min_repeats if first_s <= s.budget_s else min(2, s.min_repeats)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            if impl in JIT_IMPLS or first_s <= s.budget_s:
+                _once(fn, sync)
+            else:
+                time.sleep(SETTLE_S)  # let the previous block's spinning threads go to sleep
+            spent = 0.0
+            while True:
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                dt = time.perf_counter() - t0
+                times.append(dt)
+                spent += dt
+                if len(times) >= s.max_repeats or (len(times) >= min_rep and spent >= s.budget_s):
+                    break
+            out[impl] = times
+        except Exception as e:  # noqa: BLE001 - reported as this implementation's error
+            out[impl] = e
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+    return out
 
 
 def _once(fn: Runner, sync: Callable[[], None]) -> tuple[list[Any], float]:
@@ -558,6 +586,17 @@ def measure_ceilings(quick: bool) -> dict[str, Any]:
         "copy_gbs": copy,
         "copy_bytes": 2 * size * 4,
     }
+    torch = torch_module()
+    if torch is not None:  # for reference only: PyTorch's own GEMM (oneDNN/MKL) may beat NumPy's BLAS
+        ta = torch.randn(n, n)
+        tc = ta @ ta
+        best = math.inf
+        for _ in range(3 if quick else 7):
+            t0 = time.perf_counter()
+            torch.matmul(ta, ta, out=tc)
+            best = min(best, time.perf_counter() - t0)
+        out["torch_gemm_gflops"] = 2.0 * n**3 / best / 1e9
+        del ta, tc
     if gpu_available():
         out.update(_gpu_ceilings(quick))
     return out
@@ -659,6 +698,19 @@ def machine_metadata() -> dict[str, Any]:
         meta["blas"] = cfg.get("Build Dependencies", {}).get("blas", {}).get("name")
     except Exception:
         meta["blas"] = None
+    # OpenBLAS picks its kernels per CPU (OPENBLAS_CORETYPE overrides): on the AMD EPYC machines
+    # here the AVX2 "Haswell" kernels run float32 GEMM at about half the AVX-512 "SkylakeX" speed,
+    # which moves every im2col conv row. Record what this run used.
+    meta["openblas_coretype_env"] = os.environ.get("OPENBLAS_CORETYPE")
+    try:
+        from threadpoolctl import threadpool_info
+
+        meta["blas_kernels"] = next(
+            (i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"),
+            None,
+        )
+    except Exception:  # threadpoolctl is optional (it comes with scikit-learn)
+        meta["blas_kernels"] = None
     torch = torch_module()
     if torch is not None:
         meta["torch_threads"] = torch.get_num_threads()
@@ -816,7 +868,9 @@ class Harness:
             except Exception as e:  # noqa: BLE001
                 rows[impl] = Row(impl=impl, status="error", note=f"{type(e).__name__}: {e}", **base)
 
-        # 2. every implementation: validate against the oracle, then time
+        # 2. every implementation: validate against the oracle (its first call)
+        ready: dict[str, tuple[Runner, Callable[[], None], float]] = {}
+        checked: dict[str, tuple[str, float]] = {}
         for impl, why_not in plan:
             if why_not is not None:
                 rows[impl] = Row(impl=impl, status="n/a", note=why_not, **base)
@@ -852,12 +906,16 @@ class Harness:
                                  max_err=err if math.isfinite(err) else None, **base)
                 _log(s, f"  {case.name} [{impl}] MISMATCH vs {against}: {msg}")
                 continue
-            try:
-                if impl != "reference" and sec < 10 * max(s.budget_s, 0.1):
-                    _once(fn, sync)  # second warm-up: caches, allocator, GPU clocks
-                times = time_calls(fn, sync, s, sec)
-            except Exception as e:  # noqa: BLE001
-                rows[impl] = Row(impl=impl, status="error", note=f"{type(e).__name__}: {e}", **base)
+            ready[impl] = (fn, sync, sec)
+            checked[impl] = (against, err)
+        oracle = None
+
+        # 3. time the validated ones
+        for impl, times in time_blocks(ready, s).items():
+            against, err = checked[impl]
+            if isinstance(times, Exception):
+                rows[impl] = Row(impl=impl, status="error", note=f"{type(times).__name__}: {times}",
+                                 **base)
                 continue
             med, mn = float(np.median(times)), float(min(times))
             ach, unit, frac = _rate(case, impl, med, self.ceilings)
@@ -866,11 +924,11 @@ class Harness:
                              ceiling_fraction=frac, **base)
             _log(s, f"  {case.name} [{impl}] {med * 1e3:9.3f} ms (min {mn * 1e3:.3f}, n={len(times)})"
                  + (f"  {ach:.3g} {unit}" if ach is not None else ""))
-            del fn
+        del ready
         if isinstance(case, FunctionalCase):
             case.release()
 
-        # 3. ratios: t / t_torch on the same device, t_numpy / t
+        # 4. ratios: t / t_torch on the same device, t_numpy / t
         t_torch = {"cpu": _ok_time(rows.get("torch")), "cuda": _ok_time(rows.get("torch-cuda"))}
         t_numpy = _ok_time(rows.get("numpy"))
         for impl, r in rows.items():
@@ -903,4 +961,4 @@ def python_command() -> str:
     else:
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         head = ["python", os.path.relpath(sys.argv[0], here) if os.path.isabs(sys.argv[0]) else sys.argv[0]]
-    return " ".join(head + sys.argv[1:])
+    return shlex.join(head + sys.argv[1:])

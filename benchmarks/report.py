@@ -135,6 +135,20 @@ def _table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _always_na(rows: list[Row]) -> dict[str, str]:
+    """Implementations that are n/a, for one and the same reason, in every case of an op."""
+    out: dict[str, str] = {}
+    cases = {r.case for r in rows if r.status != "pending"}
+    for impl in dict.fromkeys(r.impl for r in rows):
+        mine = [r for r in rows if r.impl == impl]
+        notes = {r.note for r in mine}
+        if impl != "reference" and len(mine) == len(cases) and all(r.status == "n/a" for r in mine) \
+                and len(notes) == 1:
+            note = notes.pop()
+            out[impl] = note.split(" (it has")[0]
+    return out
+
+
 def _first_paragraph(doc: str | None) -> str:
     if not doc:
         return ""
@@ -153,7 +167,9 @@ def write_markdown(path: Path, results: Results, modules: list[ModuleType],
              "(full run: writes this file, `results.json` and `plots/` here). "
              "`python -m benchmarks --quick` is the CI smoke run (every case at small sizes, output in "
              "`bench-out/`); `--filter REGEX` (case names) or `--op NAME` (one `bench_<op>.py`, also "
-             "`python benchmarks/bench_<op>.py`) run a part; `--list` prints the cases.")
+             "`python benchmarks/bench_<op>.py`) run a part; `--list` prints the cases; `--note TEXT` records "
+             "the conditions here; `--render results.json` rewrites this file and the plots from a "
+             "saved run.")
     L.append("")
     if m.get("mode") != "full" or m.get("filter") or m.get("ops"):
         L.append(f"> **This is a partial run** (mode {m.get('mode')}, filter {m.get('filter')!r}, "
@@ -175,11 +191,16 @@ def write_markdown(path: Path, results: Results, modules: list[ModuleType],
         f"{k} {val}" for k, val in v.items() if val) + "; not installed: " + (", ".join(
         k for k, val in v.items() if not val) or "nothing"))
     L.append(f"- threads: numba {m.get('numba_threads')} ({m.get('numba_threading_layer')} layer), "
-             f"torch {m.get('torch_threads', '-')}, BLAS {m.get('blas') or '?'}")
+             f"torch {m.get('torch_threads', '-')}, BLAS {m.get('blas') or '?'} "
+             f"(kernels: {m.get('blas_kernels') or '?'}, OPENBLAS_CORETYPE="
+             f"{m.get('openblas_coretype_env') or 'unset'})")
     L.append(f"- **ceilings**, measured in this run: float32 GEMM **{c.get('gemm_gflops', 0):.1f} GFLOP/s** "
              f"(NumPy matmul of {c.get('gemm_n')}x{c.get('gemm_n')} matrices, best of repeats); "
              f"memory copy **{c.get('copy_gbs', 0):.1f} GB/s** (`np.copyto` of "
              f"{c.get('copy_bytes', 0) / 2 / 2**20:.0f} MiB, read + write bytes counted)"
+             + (f". For comparison, PyTorch's own float32 GEMM reaches {c['torch_gemm_gflops']:.1f} "
+                "GFLOP/s here: rows above 100% of the ceiling are possible"
+                if "torch_gemm_gflops" in c else "")
              + (f"; GPU: GEMM {c['gpu_gemm_gflops']:.0f} GFLOP/s, copy {c['gpu_copy_gbs']:.0f} GB/s"
                 if "gpu_gemm_gflops" in c else ""))
     L.append("")
@@ -192,6 +213,8 @@ def write_markdown(path: Path, results: Results, modules: list[ModuleType],
         L.append("|---|---|---|---|---|")
         for t in targets:
             met = {True: "**met**", False: "**not met**", None: "not measured"}[t.get("met")]
+            if t.get("info") and t.get("value") is not None:
+                met = "(no goal)"
             dev = f" [{t['device']}]" if t.get("device") else ""
             L.append(f"| {t['what']}{dev} | {t['goal']} | {t['measured']} | {met} | {t.get('detail', '')} |")
     else:
@@ -212,11 +235,16 @@ def write_markdown(path: Path, results: Results, modules: list[ModuleType],
              "`minisegnet.use_impl(impl)`: forward under `no_grad`, or forward + `backward` from a fixed "
              "random output gradient (inputs and weights `requires_grad`). PyTorch runs the "
              "`torch.nn.functional` equivalent the same way. The first call (which also JIT-compiles "
-             "Numba kernels and starts the GPU) is the validation call; one more warm-up call follows; "
-             "then repeats, each between device synchronisations, until ~"
+             "Numba kernels and starts the GPU) is the validation call; one more warm-up call follows "
+             "(always for numba and the GPU; for code without a JIT only when the first call was shorter "
+             "than the budget); then repeats, each call between device synchronisations, until the calls add "
+             "up to ~"
              f"{m.get('settings', {}).get('budget_s', '?')} s have passed and at least "
              f"{m.get('settings', {}).get('min_repeats', '?')} ran (2 when one call is longer than that). "
-             "The garbage collector runs between repeats, not inside them. Median and minimum are shown; "
+             "Each implementation is timed in its own block, after all were validated (thread pools of "
+             "OpenBLAS, PyTorch's OpenMP and Numba spin, then sleep, between calls: alternating libraries "
+             "call by call would charge each call for the others' threads). The cyclic garbage collector "
+             "is off while timing. Median and minimum are shown; "
              "achieved rates use the median.")
     L.append("- **Work models.** Convolutions: `2 * N * O * C/groups * KH * KW * OH * OW` FLOPs forward, "
              "3x that for forward + backward; % of the GEMM ceiling. Pooling, unpooling, upsampling: the "
@@ -252,11 +280,16 @@ def write_markdown(path: Path, results: Results, modules: list[ModuleType],
             continue
         if all(r.status == "pending" for r in rows):
             L.append(f"**Pending**: {rows[0].note}. The cases are defined in `benchmarks/bench_{op}.py` "
-                     f"and run as soon as the op lands: " + ", ".join(f"`{r.case}`" for r in rows[:12])
+                     f"and run as soon as it lands: " + ", ".join(f"`{r.case}`" for r in rows[:12])
                      + (" ..." if len(rows) > 12 else ""))
             L.append("")
             continue
-        L.extend(_table(rows))
+        always_na = _always_na(rows)
+        if always_na:
+            L.append("Not run for any case here: " + "; ".join(
+                f"**{impl}** ({note})" for impl, note in always_na.items()) + ".")
+            L.append("")
+        L.extend(_table([r for r in rows if r.impl not in always_na]))
         L.append("")
         for img in images.get(op, []):
             L.append(f"![{img}](plots/{img})")

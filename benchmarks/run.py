@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
     p.add_argument("--list", action="store_true", help="print the case names and exit")
     p.add_argument("--note", default=None, help="conditions to record in RESULTS.md (e.g. 'machine busy')")
+    p.add_argument("--render", default=None, metavar="RESULTS_JSON",
+                   help="rewrite RESULTS.md and the plots from a saved results.json (nothing is run)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-row progress lines")
     return p.parse_args(argv)
 
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     modules = load_modules(args.op)
+    if args.render:
+        return render(Path(args.render), Path(args.out) if args.out else None, modules,
+                      plots=not args.no_plots)
     pattern = re.compile(args.filter) if args.filter else None
     plan = []
     for mod in modules:
@@ -153,6 +158,23 @@ def main(argv: list[str] | None = None) -> int:
     for r in failed:
         print(f"FAILED {r.case} [{r.impl}]: {r.status}: {r.note}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def render(path: Path, out: Path | None, modules: list[ModuleType], plots: bool = True) -> int:
+    """Rewrite the report (markdown, plots, targets) of a saved run, next to it unless ``out``."""
+    import json
+
+    from benchmarks import report
+    from benchmarks.common import Row
+
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    rows = [Row(**r) for r in doc["rows"]]
+    ops = {r.op for r in rows}
+    results = Results(rows, doc["meta"])
+    for p in report.write_all(out or path.parent, results, [m for m in modules if
+                              m.__name__.rsplit("bench_", 1)[1] in ops], plots=plots):
+        print(f"wrote {p}")
+    return 0
 
 
 if __name__ == "__main__":
