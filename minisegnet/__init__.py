@@ -19,7 +19,7 @@ def __getattr__(name: str):
     # Heavier subpackages load on first use so `import minisegnet` stays quick.
     import importlib
 
-    if name in {"functional", "nn", "optim", "testing", "kernels", "metrics", "models", "data"}:
+    if name in {"functional", "nn", "optim", "testing", "kernels", "metrics"}:
         return importlib.import_module(f".{name}", __name__)
     if name in {"save", "load"}:
         from . import serialization
