@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import numba
-from numba import types
+from numba import cuda, types
 from numba.np.numpy_support import from_dtype
 
 # Numba's simulator runs each thread as a Python thread: keep blocks small there so a test's few
@@ -37,6 +37,36 @@ def empty_like_module(a: Any, shape: tuple[int, ...], dtype: Any = None, zero: b
     xp = xp_of(a)
     dt = a.dtype if dtype is None else dtype
     return xp.zeros(shape, dtype=dt) if zero else xp.empty(shape, dtype=dt)
+
+
+# Launch plumbing shared by every kernel file. CuPy arrays go to the kernels as they are; NumPy arrays
+# are copied to the device once and results copied back once (the simulator and GPU-less tests take
+# this path).
+def to_dev(a: Any, like: Any = None) -> Any:
+    """``a`` as a C-contiguous array on ``like``'s side (default: ``a``'s own): device or CuPy."""
+    xp = xp_of(a if like is None else like)
+    if xp is np:
+        return cuda.to_device(np.ascontiguousarray(a))
+    return xp.ascontiguousarray(xp.asarray(a))
+
+
+def dev_empty(like: Any, shape: tuple[int, ...], dtype: Any, fill: Any = None) -> Any:
+    """An output on ``like``'s side: a Numba device array for NumPy, a CuPy array for CuPy."""
+    xp = xp_of(like)
+    if xp is np:
+        return cuda.device_array(shape, dtype) if fill is None else cuda.to_device(
+            np.full(shape, fill, dtype))
+    return xp.empty(shape, dtype) if fill is None else xp.full(shape, fill, dtype)
+
+
+def to_host_like(like: Any, a: Any) -> Any:
+    """A kernel's output back on ``like``'s side: copied to the host for NumPy callers."""
+    return a.copy_to_host() if xp_of(like) is np else a
+
+
+def contiguous(a: Any) -> Any:
+    """``a`` C-contiguous, with its own array module."""
+    return xp_of(a).ascontiguousarray(a)
 
 
 def launch(kernel: Any, n: int, *args: Any) -> None:

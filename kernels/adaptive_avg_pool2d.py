@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import cuda, prange, types
+from numba import cuda, prange
 
-from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, xp_of
-from .max_pool2d import dev_empty, to_dev, to_host_like
+from ._cuda import FLOAT_DTYPES, SIMULATOR, dev_empty, float_array, launch, to_dev, to_host_like, xp_of
 
 Pair = tuple[int, int]
 

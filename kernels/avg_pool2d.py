@@ -36,8 +36,9 @@ import numba
 import numpy as np
 from numba import cuda, prange, types
 
-from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, xp_of
-from .max_pool2d import _tap_range, dev_empty, output_size, to_dev, to_host_like
+from ._cuda import (FLOAT_DTYPES, SIMULATOR, dev_empty, float_array, launch, to_dev, to_host_like,
+                    xp_of)
+from .max_pool2d import _tap_range, output_size
 
 Pair = tuple[int, int]
 

@@ -31,9 +31,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import cuda, prange, types
-from numba.np.numpy_support import from_dtype
 
-from ._cuda import launch, xp_of
+from ._cuda import dev_empty, float_array, launch, to_dev, to_host_like
 
 Pair = tuple[int, int]
 
@@ -193,42 +192,29 @@ bed_of_nails_cuda_kernel = cuda.jit(_bed_of_nails_cuda)
 bed_of_nails_backward_cuda_kernel = cuda.jit(_bed_of_nails_backward_cuda)
 
 
-# Launch plumbing: CuPy arrays go to the kernels as they are; NumPy arrays are copied to the
-# device once and the output copied back once (the simulator and GPU-less tests take this path).
-def _to_dev(like, a):
-    if xp_of(like) is np:
-        return cuda.to_device(np.ascontiguousarray(a))
-    return xp_of(like).ascontiguousarray(a)
 
-
-def _dev_empty(like, shape, dtype):
-    return cuda.device_array(shape, dtype) if xp_of(like) is np else xp_of(like).empty(shape, dtype)
-
-
-def _to_host_like(like, a):
-    return a.copy_to_host() if xp_of(like) is np else a
 
 
 def bed_of_nails_cuda(x, scale: Pair):
     N, C, H, W = x.shape
     sh, sw = scale
     OH, OW = H * sh, W * sw
-    y = _dev_empty(x, (N * C, OH, OW), x.dtype)  # (N*C, OH, OW)
+    y = dev_empty(x, (N * C, OH, OW), x.dtype)  # (N*C, OH, OW)
     if y.size:
         launch(bed_of_nails_cuda_kernel, N * C * OH * OW,
-               _to_dev(x, x.reshape(N * C, H, W)), y, sh, sw)  # x as (N*C, H, W)
-    return _to_host_like(x, y).reshape(N, C, OH, OW)
+               to_dev(x.reshape(N * C, H, W)), y, sh, sw)  # x as (N*C, H, W)
+    return to_host_like(x, y).reshape(N, C, OH, OW)
 
 
 def bed_of_nails_backward_cuda(gy, scale: Pair):
     N, C, OH, OW = gy.shape
     sh, sw = scale
     H, W = OH // sh, OW // sw
-    gx = _dev_empty(gy, (N * C, H, W), gy.dtype)  # (N*C, H, W)
+    gx = dev_empty(gy, (N * C, H, W), gy.dtype)  # (N*C, H, W)
     if gx.size:
         launch(bed_of_nails_backward_cuda_kernel, N * C * H * W,
-               _to_dev(gy, gy.reshape(N * C, OH, OW)), gx, sh, sw)  # gy as (N*C, OH, OW)
-    return _to_host_like(gy, gx).reshape(N, C, H, W)
+               to_dev(gy.reshape(N * C, OH, OW)), gx, sh, sw)  # gy as (N*C, OH, OW)
+    return to_host_like(gy, gx).reshape(N, C, H, W)
 
 
 # =============================================================================================
@@ -251,12 +237,8 @@ IMPLS = {
 }
 
 
-def _arr(ndim: int, dtype) -> types.Array:
-    # (kernels/_cuda.float_array calls types.from_dtype, which Numba does not have.)
-    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
-
 
 PTX = [
-    (fn, [(_arr(3, dt), _arr(3, dt), types.int64, types.int64) for dt in (np.float32, np.float64)])
+    (fn, [(float_array(3, dt), float_array(3, dt), types.int64, types.int64) for dt in (np.float32, np.float64)])
     for fn in (_bed_of_nails_cuda, _bed_of_nails_backward_cuda)
 ]

@@ -65,9 +65,8 @@ import math
 import numba
 import numpy as np
 from numba import cuda, prange, types
-from numba.np.numpy_support import from_dtype
 
-from ._cuda import launch, xp_of
+from ._cuda import dev_empty, float_array, launch, to_dev, to_host_like
 
 Pair = tuple[int, int]
 FPair = tuple[float, float]
@@ -524,34 +523,21 @@ bilinear_cuda_kernel = cuda.jit(_bilinear_cuda)
 resample_backward_cuda_kernel = cuda.jit(_resample_backward_cuda)
 
 
-# Launch plumbing: CuPy arrays go to the kernels as they are; NumPy arrays are copied to the
-# device once and the output copied back once (the simulator and GPU-less tests take this path).
-def _to_dev(like, a):
-    if xp_of(like) is np:
-        return cuda.to_device(np.ascontiguousarray(a))
-    return xp_of(like).ascontiguousarray(xp_of(like).asarray(a))
 
-
-def _dev_empty(like, shape, dtype):
-    return cuda.device_array(shape, dtype) if xp_of(like) is np else xp_of(like).empty(shape, dtype)
-
-
-def _to_host_like(like, a):
-    return a.copy_to_host() if xp_of(like) is np else a
 
 
 def _forward_cuda(x, out_size: Pair, scale: FPair, linear: bool, align_corners: bool):
     N, C, H, W = x.shape
     OH, OW = out_size
-    y = _dev_empty(x, (N * C, OH, OW), x.dtype)  # (N*C, OH, OW)
+    y = dev_empty(x, (N * C, OH, OW), x.dtype)  # (N*C, OH, OW)
     if N * C * OH * OW:
-        dx = _to_dev(x, x.reshape(N * C, H, W))  # (N*C, H, W)
+        dx = to_dev(x.reshape(N * C, H, W))  # (N*C, H, W)
         if linear:
             launch(bilinear_cuda_kernel, N * C * OH * OW, dx, y, float(scale[0]),
                    float(scale[1]), bool(align_corners))
         else:
             launch(nearest_cuda_kernel, N * C * OH * OW, dx, y, float(scale[0]), float(scale[1]))
-    return _to_host_like(x, y).reshape(N, C, OH, OW)
+    return to_host_like(x, y).reshape(N, C, OH, OW)
 
 
 def _backward_cuda(gy, in_size: Pair, scale: FPair, linear: bool, align_corners: bool):
@@ -561,12 +547,12 @@ def _backward_cuda(gy, in_size: Pair, scale: FPair, linear: bool, align_corners:
     # Per-axis inverse tables, built on the host by the same helpers the forward kernel calls.
     hs, hc, hwi = _inverse_table(*_forward_table(H, OH, scale[0], linear, align_corners, dt), H)
     ws, wc, wwi = _inverse_table(*_forward_table(W, OW, scale[1], linear, align_corners, dt), W)
-    gx = _dev_empty(gy, (N * C, H, W), dt)  # (N*C, H, W)
+    gx = dev_empty(gy, (N * C, H, W), dt)  # (N*C, H, W)
     if N * C * H * W:
-        dgy = _to_dev(gy, gy.reshape(N * C, OH, OW))  # (N*C, OH, OW)
-        tabs = [_to_dev(gy, a) for a in (hs, hc, hwi, ws, wc, wwi)]
+        dgy = to_dev(gy.reshape(N * C, OH, OW))  # (N*C, OH, OW)
+        tabs = [to_dev(a, like=gy) for a in (hs, hc, hwi, ws, wc, wwi)]
         launch(resample_backward_cuda_kernel, N * C * H * W, dgy, gx, *tabs)
-    return _to_host_like(gy, gx).reshape(N, C, H, W)
+    return to_host_like(gy, gx).reshape(N, C, H, W)
 
 
 def interpolate_nearest_cuda(x, out_size: Pair, scale: FPair):
@@ -617,19 +603,15 @@ IMPLS = {
 }
 
 
-def _arr(ndim: int, dtype) -> types.Array:
-    # (kernels/_cuda.float_array calls types.from_dtype, which Numba does not have.)
-    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
-
 
 _I1 = types.Array(types.int64, 1, "C")
 PTX = [
     (_nearest_cuda,
-     [(_arr(3, dt), _arr(3, dt), types.float64, types.float64) for dt in (np.float32, np.float64)]),
+     [(float_array(3, dt), float_array(3, dt), types.float64, types.float64) for dt in (np.float32, np.float64)]),
     (_bilinear_cuda,
-     [(_arr(3, dt), _arr(3, dt), types.float64, types.float64, types.boolean)
+     [(float_array(3, dt), float_array(3, dt), types.float64, types.float64, types.boolean)
       for dt in (np.float32, np.float64)]),
     (_resample_backward_cuda,
-     [(_arr(3, dt), _arr(3, dt), _I1, _I1, _arr(2, dt), _I1, _I1, _arr(2, dt))
+     [(float_array(3, dt), float_array(3, dt), _I1, _I1, float_array(2, dt), _I1, _I1, float_array(2, dt))
       for dt in (np.float32, np.float64)]),
 ]

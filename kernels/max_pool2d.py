@@ -48,7 +48,7 @@ import numpy as np
 from numba import cuda, prange, types
 
 
-from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, xp_of
+from ._cuda import FLOAT_DTYPES, SIMULATOR, dev_empty, float_array, launch, to_dev, to_host_like, xp_of
 
 Pair = tuple[int, int]
 
@@ -472,23 +472,7 @@ max_pool2d_cuda_kernel = cuda.jit(_max_pool2d_cuda)
 max_pool2d_backward_cuda_kernel = cuda.jit(_max_pool2d_backward_cuda)
 
 
-# Launch plumbing: CuPy arrays go to the kernel as they are; NumPy arrays are copied to the
-# device once, and the outputs copied back once (the simulator and GPU-less tests take this path).
-def to_dev(a):
-    return cuda.to_device(np.ascontiguousarray(a)) if xp_of(a) is np else a
 
-
-def dev_empty(like, shape, dtype, fill=None):
-    if xp_of(like) is np:
-        if fill is None:
-            return cuda.device_array(shape, dtype)
-        return cuda.to_device(np.full(shape, fill, dtype))
-    xp = xp_of(like)
-    return xp.empty(shape, dtype) if fill is None else xp.full(shape, fill, dtype)
-
-
-def to_host_like(like, a):
-    return a.copy_to_host() if xp_of(like) is np else a
 
 
 def max_pool2d_cuda(x, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair):

@@ -39,8 +39,7 @@ import numba
 import numpy as np
 from numba import cuda, prange, types
 
-from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, xp_of
-from .max_pool2d import dev_empty, to_dev, to_host_like
+from ._cuda import FLOAT_DTYPES, SIMULATOR, dev_empty, float_array, launch, to_dev, to_host_like, xp_of
 
 Pair = tuple[int, int]
 

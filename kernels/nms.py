@@ -38,7 +38,7 @@ import numba
 import numpy as np
 from numba import cuda, types
 
-from ._cuda import FLOAT_DTYPES, float_array, launch, xp_of
+from ._cuda import FLOAT_DTYPES, float_array, launch, to_dev, xp_of
 
 MASK_BITS = 64
 
@@ -257,9 +257,6 @@ def _nms_host_pass(mask, order, keep):
     return n
 
 
-def _to_dev(a):
-    return cuda.to_device(np.ascontiguousarray(a)) if xp_of(a) is np else a
-
 
 def _host(a):
     return a.get() if xp_of(a) is not np else a
@@ -274,7 +271,7 @@ def box_iou_cuda(a, b):
         out = cuda.device_array((K, M), a.dtype)
     else:
         out = xp.empty((K, M), a.dtype)
-    launch(box_iou_cuda_kernel, K * M, _to_dev(a), _to_dev(b), out)
+    launch(box_iou_cuda_kernel, K * M, to_dev(a), to_dev(b), out)
     return out.copy_to_host() if xp is np else out
 
 
@@ -288,7 +285,7 @@ def nms_cuda(boxes, scores, iou_threshold: float):
     NB = (K + MASK_BITS - 1) // MASK_BITS
     sorted_boxes = xp.ascontiguousarray(boxes[xp.asarray(order)])  # (K, 4) in score order
     mask = cuda.device_array((K, NB), np.uint64) if xp is np else xp.empty((K, NB), np.uint64)
-    launch(nms_mask_cuda_kernel, K * NB, _to_dev(sorted_boxes), float(iou_threshold), mask)
+    launch(nms_mask_cuda_kernel, K * NB, to_dev(sorted_boxes), float(iou_threshold), mask)
     host_mask = mask.copy_to_host() if xp is np else mask.get()
     keep = np.empty(K, np.int64)
     n = _nms_host_pass(host_mask, order, keep)

@@ -63,7 +63,8 @@ import numba
 import numpy as np
 from numba import cuda, prange, types
 
-from ._cuda import FLOAT_DTYPES, float_array, launch, twins, xp_of
+from ._cuda import (FLOAT_DTYPES, contiguous, dev_empty, float_array, launch, to_dev, to_host_like,
+                    twins)
 
 Pair = tuple[int, int]
 
@@ -508,24 +509,8 @@ roi_align_cuda_kernel = cuda.jit(_roi_align_cuda)
 roi_align_backward_cuda_kernel = cuda.jit(_roi_align_backward_cuda)
 
 
-# Launch plumbing: CuPy arrays go to the kernels as they are; NumPy arrays are copied to the device
-# once and results copied back once (the simulator and host-array callers take this path).
-def _to_dev(a):
-    return cuda.to_device(np.ascontiguousarray(a)) if xp_of(a) is np else a
 
 
-def _dev_zeros(like, shape, dtype):
-    if xp_of(like) is np:
-        return cuda.to_device(np.zeros(shape, dtype))
-    return xp_of(like).zeros(shape, dtype)
-
-
-def _to_host_like(like, a):
-    return a.copy_to_host() if xp_of(like) is np else a
-
-
-def _contig(a):
-    return np.ascontiguousarray(a) if xp_of(a) is np else xp_of(a).ascontiguousarray(a)
 
 
 def roi_align_cuda(x, boxes, output_size: Pair, spatial_scale: float, sampling_ratio: int,
@@ -533,21 +518,21 @@ def roi_align_cuda(x, boxes, output_size: Pair, spatial_scale: float, sampling_r
     N, C, H, W = x.shape
     PH, PW = output_size
     K = boxes.shape[0]
-    x, boxes = _contig(x), _contig(boxes.astype(x.dtype, copy=False))
-    out = _dev_zeros(x, (K, C, PH, PW), x.dtype)
-    launch(roi_align_cuda_kernel, K * C * PH * PW, _to_dev(x), _to_dev(boxes),
+    x, boxes = contiguous(x), contiguous(boxes.astype(x.dtype, copy=False))
+    out = dev_empty(x, (K, C, PH, PW), x.dtype, fill=0)
+    launch(roi_align_cuda_kernel, K * C * PH * PW, to_dev(x), to_dev(boxes),
            float(spatial_scale), int(sampling_ratio), bool(aligned), out)
-    return _to_host_like(x, out)
+    return to_host_like(x, out)
 
 
 def roi_align_backward_cuda(gy, boxes, input_shape: tuple, spatial_scale: float,
                             sampling_ratio: int, aligned: bool):
     K, C, PH, PW = gy.shape
-    gy, boxes = _contig(gy), _contig(boxes.astype(gy.dtype, copy=False))
-    gx = _dev_zeros(gy, tuple(input_shape), gy.dtype)
-    launch(roi_align_backward_cuda_kernel, K * C * PH * PW, _to_dev(gy), _to_dev(boxes),
+    gy, boxes = contiguous(gy), contiguous(boxes.astype(gy.dtype, copy=False))
+    gx = dev_empty(gy, tuple(input_shape), gy.dtype, fill=0)
+    launch(roi_align_backward_cuda_kernel, K * C * PH * PW, to_dev(gy), to_dev(boxes),
            float(spatial_scale), int(sampling_ratio), bool(aligned), gx)
-    return _to_host_like(gy, gx)
+    return to_host_like(gy, gx)
 
 
 # =============================================================================================

@@ -52,7 +52,8 @@ import numba
 import numpy as np
 from numba import cuda, prange, types
 
-from ._cuda import FLOAT_DTYPES, SIMULATOR, float_array, launch, twins, xp_of
+from ._cuda import (FLOAT_DTYPES, SIMULATOR, contiguous, dev_empty, float_array, launch, to_dev, to_host_like,
+                    twins)
 from .roi_align import _batch_of, _batch_of_dev, _transpose_into
 
 Pair = tuple[int, int]
@@ -375,46 +376,31 @@ roi_pool_cuda_kernel = cuda.jit(_roi_pool_cuda)
 roi_pool_backward_cuda_kernel = cuda.jit(_roi_pool_backward_cuda)
 
 
-# Launch plumbing: CuPy arrays go to the kernels as they are; NumPy arrays are copied to the device
-# once and results copied back once (the simulator and host-array callers take this path).
-def _to_dev(a):
-    return cuda.to_device(np.ascontiguousarray(a)) if xp_of(a) is np else a
 
 
-def _dev_empty(like, shape, dtype):
-    if xp_of(like) is np:
-        return cuda.device_array(shape, dtype)
-    return xp_of(like).empty(shape, dtype)
 
-
-def _to_host_like(like, a):
-    return a.copy_to_host() if xp_of(like) is np else a
-
-
-def _contig(a):
-    return np.ascontiguousarray(a) if xp_of(a) is np else xp_of(a).ascontiguousarray(a)
 
 
 def roi_pool_cuda(x, boxes, output_size: Pair, spatial_scale: float):
     N, C, H, W = x.shape
     PH, PW = output_size
     K = boxes.shape[0]
-    x, boxes = _contig(x), _contig(boxes.astype(x.dtype, copy=False))
-    out = _dev_empty(x, (K, C, PH, PW), x.dtype)
-    arg = _dev_empty(x, (K, C, PH, PW), np.int32)
-    launch(roi_pool_cuda_kernel, K * C * PH * PW, _to_dev(x), _to_dev(boxes),
+    x, boxes = contiguous(x), contiguous(boxes.astype(x.dtype, copy=False))
+    out = dev_empty(x, (K, C, PH, PW), x.dtype)
+    arg = dev_empty(x, (K, C, PH, PW), np.int32)
+    launch(roi_pool_cuda_kernel, K * C * PH * PW, to_dev(x), to_dev(boxes),
            float(spatial_scale), out, arg)
-    return _to_host_like(x, out), _to_host_like(x, arg)
+    return to_host_like(x, out), to_host_like(x, arg)
 
 
 def roi_pool_backward_cuda(gy, argmax, boxes, input_shape: tuple, spatial_scale: float):
     # the gather recomputes the bins, hence spatial_scale (the scatters only need argmax)
-    gy, argmax = _contig(gy), _contig(argmax)
-    boxes = _contig(boxes.astype(gy.dtype, copy=False))
-    gx = _dev_empty(gy, tuple(input_shape), gy.dtype)
-    launch(roi_pool_backward_cuda_kernel, int(np.prod(input_shape)), _to_dev(gy),
-           _to_dev(argmax), _to_dev(boxes), float(spatial_scale), gx)
-    return _to_host_like(gy, gx)
+    gy, argmax = contiguous(gy), contiguous(argmax)
+    boxes = contiguous(boxes.astype(gy.dtype, copy=False))
+    gx = dev_empty(gy, tuple(input_shape), gy.dtype)
+    launch(roi_pool_backward_cuda_kernel, int(np.prod(input_shape)), to_dev(gy),
+           to_dev(argmax), to_dev(boxes), float(spatial_scale), gx)
+    return to_host_like(gy, gx)
 
 
 # =============================================================================================
