@@ -320,7 +320,7 @@ def col2im_numba(
 ) -> np.ndarray:
     """x (N, C, H, W) = col2im(cols) (+ acc), Numba CPU, one thread per (n, c) plane."""
     cols = np.ascontiguousarray(cols)
-    (kh, kw), (oh, ow) = kernel_size, out_size
+    (kh, kw), ow = kernel_size, out_size[1]
     r0 = rows[0] if rows else 0
     x = np.empty(tuple(x_shape), dtype=cols.dtype) if acc is None else acc
     _col2im_numba_kernel(cols, kh, kw, *stride, *padding, *dilation, r0, ow, x, acc is not None)
@@ -409,7 +409,7 @@ def col2im_cuda(
     padding: Pair, dilation: Pair, out_size: Pair, rows: Pair | None = None, acc: Any = None,
 ) -> Any:
     """x (N, C, H, W) = col2im(cols) (+ acc) as a per-pixel gather on the GPU: deterministic."""
-    (kh, kw), (oh, ow) = kernel_size, out_size
+    (kh, kw), ow = kernel_size, out_size[1]
     r0 = rows[0] if rows else 0
     x = empty_like_module(cols, tuple(x_shape)) if acc is None else acc
     total = x.size

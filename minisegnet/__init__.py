@@ -6,7 +6,6 @@
     import minisegnet.nn as nn
 """
 
-from . import _blas  # noqa: F401  (first: it must run before NumPy loads OpenBLAS)
 from . import backend
 from .backend import current_impl, use_impl
 from .random import manual_seed
