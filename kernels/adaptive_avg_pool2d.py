@@ -20,7 +20,8 @@ Versions in this file (each checked against the reference by tests/test_adaptive
 * reference: Python loops from the formula; the backward scatters (the oracle).
 * numpy: separable, ``y = A_h @ x @ A_w^T`` with averaging matrices A (OH, H) whose row i is
   1/lh_i over bin i; the backward is the transpose ``A_h^T @ gy @ A_w``.
-* numba: prange over (n, c) planes calling the shared per-bin / per-pixel helpers.
+* numba: prange over (n, c) planes; the forward calls the shared per-bin helper, the backward
+  the same gather as the per-pixel helper with its bin arithmetic hoisted out of the pixel loop.
 * cuda: one thread per output bin (forward) and one per input pixel (backward, a gather):
   deterministic, no atomics.
 
@@ -169,11 +170,35 @@ def _adaptive_avg_pool2d_numba(x, y):
 @numba.njit(parallel=True, cache=True)
 def _adaptive_avg_pool2d_backward_numba(gy, gx):
     N, C, H, W = gx.shape
+    OH, OW = gy.shape[2], gy.shape[3]
+    # The same gather as _adaptive_grad_at, with its integer divisions hoisted: which bins hold
+    # each row h and column w is the same for every plane, and each bin's gy / size is computed
+    # once per plane, not once per pixel it covers (the same terms, summed in the same order).
+    i0, i1 = np.empty(H, np.int64), np.empty(H, np.int64)
+    for h in range(H):
+        a, b = _bin_range(h, OH, H)
+        i0[h], i1[h] = a, min(b, OH)
+    j0, j1 = np.empty(W, np.int64), np.empty(W, np.int64)
+    for w in range(W):
+        a, b = _bin_range(w, OW, W)
+        j0[w], j1[w] = a, min(b, OW)
+    size = np.empty((OH, OW), gx.dtype)  # (OH, OW) bin sizes
+    for i in range(OH):
+        h0, h1 = _bin_range(i, H, OH)
+        for j in range(OW):
+            w0, w1 = _bin_range(j, W, OW)
+            size[i, j] = (h1 - h0) * (w1 - w0)
     for p in prange(N * C):
         n, c = p // C, p % C
+        g = gy[n, c] / size  # (OH, OW): each bin's share per pixel
         for h in range(H):
+            row = gx[n, c, h]
             for w in range(W):
-                _adaptive_grad_at(gy, gx, n, c, h, w)
+                acc = gx.dtype.type(0)
+                for i in range(i0[h], i1[h]):
+                    for j in range(j0[w], j1[w]):
+                        acc += g[i, j]
+                row[w] = acc
 
 
 def adaptive_avg_pool2d_numba(x: np.ndarray, output_size: Pair) -> np.ndarray:
