@@ -167,6 +167,21 @@ def _adaptive_avg_pool2d_numba(x, y):
                 _adaptive_at(x, y, n, c, i, j)
 
 
+@numba.njit(cache=True)
+def _bin_tables(n, o):
+    """For o bins over n: per input index k, the bins [first[k], last[k]) that contain it, and
+    per bin its length (``_bin_range`` both ways, as tables)."""
+    first, last = np.empty(n, np.int64), np.empty(n, np.int64)
+    for k in range(n):
+        a, b = _bin_range(k, o, n)
+        first[k], last[k] = a, min(b, o)
+    length = np.empty(o, np.int64)
+    for i in range(o):
+        a, b = _bin_range(i, n, o)
+        length[i] = b - a
+    return first, last, length
+
+
 @numba.njit(parallel=True, cache=True)
 def _adaptive_avg_pool2d_backward_numba(gy, gx):
     N, C, H, W = gx.shape
@@ -174,20 +189,12 @@ def _adaptive_avg_pool2d_backward_numba(gy, gx):
     # The same gather as _adaptive_grad_at, with its integer divisions hoisted: which bins hold
     # each row h and column w is the same for every plane, and each bin's gy / size is computed
     # once per plane, not once per pixel it covers (the same terms, summed in the same order).
-    i0, i1 = np.empty(H, np.int64), np.empty(H, np.int64)
-    for h in range(H):
-        a, b = _bin_range(h, OH, H)
-        i0[h], i1[h] = a, min(b, OH)
-    j0, j1 = np.empty(W, np.int64), np.empty(W, np.int64)
-    for w in range(W):
-        a, b = _bin_range(w, OW, W)
-        j0[w], j1[w] = a, min(b, OW)
-    size = np.empty((OH, OW), gx.dtype)  # (OH, OW) bin sizes
+    i0, i1, lh = _bin_tables(H, OH)
+    j0, j1, lw = _bin_tables(W, OW)
+    size = np.empty((OH, OW), gx.dtype)  # (OH, OW) bin sizes lh_i * lw_j
     for i in range(OH):
-        h0, h1 = _bin_range(i, H, OH)
         for j in range(OW):
-            w0, w1 = _bin_range(j, W, OW)
-            size[i, j] = (h1 - h0) * (w1 - w0)
+            size[i, j] = lh[i] * lw[j]
     for p in prange(N * C):
         n, c = p // C, p % C
         g = gy[n, c] / size  # (OH, OW): each bin's share per pixel
