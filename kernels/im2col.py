@@ -56,6 +56,9 @@ Versions in this file (one table ``IMPLS`` maps names to them, same signature fo
   sums are race-free and deterministic. With stride 1 on a full-width grid (3x3 "same" convs,
   dilated or not) the in-range rows of a tap are one shifted run of the input plane: im2col
   copies it flat and then zeroes the few padding entries, about 2x faster again.
+  ``parallel=False`` (registered as ``im2col_serial`` / ``col2im_serial``) runs the same plane
+  loop on the calling thread with the GIL released: the CPU conv2d gives each core its own
+  blocks, im2col then GEMM, instead of alternating two thread pools.
 * ``cuda``: ``@cuda.jit``, one thread per output element. im2col: one thread per column entry.
   col2im is a *gather*: one thread per input pixel sums the taps that read it (no atomics,
   deterministic). Launchers accept NumPy or CuPy arrays.
@@ -219,112 +222,155 @@ def col2im_numpy(
 # ============================================================================================
 
 
+@numba.njit(cache=True)
+def _im2col_plane(x, n, c, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, cols):
+    """The KH*KW rows of cols that plane (n, c) of x feeds: the work of one thread."""
+    H, W = x.shape[2], x.shape[3]
+    R = cols.shape[2] // ow  # output rows r0 .. r0+R-1
+    for p in range(kh):
+        i0, i1 = _valid_range(p, sh, ph, dh, H, r0 + R)
+        for q in range(kw):
+            j0, j1 = _valid_range(q, sw, pw, dw, W, ow)
+            m = j1 - j0
+            w0 = _src(j0, q, sw, pw, dw)
+            row = cols[n, (c * kh + p) * kw + q]  # (R*OW,) one contiguous stream
+            a0, a1 = max(i0, r0), min(i1, r0 + R)
+            if sh == 1 and sw == 1 and ow == W and a1 > a0 and m > 0:
+                # Stride 1 on a full-width grid (e.g. 3x3 "same"): the in-range rows are one
+                # run of x shifted by a constant, so copy it flat (long vectorised runs), then
+                # zero the runs' edges and the padding-only rows.
+                flat = x[n, c].reshape(H * W)
+                d0 = (a0 - r0) * ow + j0
+                s0 = _src(a0, p, sh, ph, dh) * W + w0
+                span = (a1 - a0 - 1) * ow + m
+                dst = row[d0:d0 + span]
+                src = flat[s0:s0 + span]
+                for t in range(span):
+                    dst[t] = src[t]
+                for i in range(r0, r0 + R):
+                    seg = row[(i - r0) * ow:(i - r0 + 1) * ow]
+                    if i < a0 or i >= a1:
+                        for j in range(ow):
+                            seg[j] = 0
+                    else:
+                        for j in range(j0):
+                            seg[j] = 0
+                        for j in range(j1, ow):
+                            seg[j] = 0
+                continue
+            for i in range(r0, r0 + R):
+                # 1-D views indexed from 0 let LLVM drop the negative-index checks and
+                # vectorise the copies (about 4x faster than indexing row[base + j]).
+                dst = row[(i - r0) * ow:(i - r0 + 1) * ow]
+                if i < i0 or i >= i1:  # this output row's tap reads padding only
+                    for j in range(ow):
+                        dst[j] = 0
+                    continue
+                src = x[n, c, _src(i, p, sh, ph, dh), w0:w0 + (m - 1) * sw + 1:sw]
+                mid = dst[j0:j1]
+                for j in range(j0):
+                    dst[j] = 0
+                for j in range(m):
+                    mid[j] = src[j]
+                for j in range(j1, ow):
+                    dst[j] = 0
+
+
+@numba.njit(cache=True)
+def _col2im_plane(cols, n, c, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, x, accumulate):
+    """Plane (n, c) of x from its KH*KW rows of cols. Only this call writes the plane, so the
+    += below is race-free and the sum order fixed (deterministic)."""
+    H, W = x.shape[2], x.shape[3]
+    R = cols.shape[2] // ow
+    plane = x[n, c]  # (H, W)
+    if not accumulate:
+        plane[:, :] = 0
+    for p in range(kh):
+        i0, i1 = _valid_range(p, sh, ph, dh, H, r0 + R)
+        for q in range(kw):
+            j0, j1 = _valid_range(q, sw, pw, dw, W, ow)
+            m = j1 - j0
+            w0 = _src(j0, q, sw, pw, dw)
+            row = cols[n, (c * kh + p) * kw + q]  # (R*OW,)
+            for i in range(max(i0, r0), i1):
+                dst = plane[_src(i, p, sh, ph, dh), w0:w0 + (m - 1) * sw + 1:sw]
+                src = row[(i - r0) * ow + j0:(i - r0) * ow + j1]
+                for j in range(m):
+                    dst[j] += src[j]
+
+
+# Two drivers for each plane function: one thread per (n, c) plane on all cores (parallel=True),
+# and a single-threaded one that releases the GIL (nogil=True), for callers that run one block per
+# core themselves (the CPU conv2d: see minisegnet/_cpu_pool.py for why).
 @numba.njit(parallel=True, cache=True)
 def _im2col_numba_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, cols):
-    N, C, H, W = x.shape
-    R = cols.shape[2] // ow  # output rows r0 .. r0+R-1
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        for p in range(kh):
-            i0, i1 = _valid_range(p, sh, ph, dh, H, r0 + R)
-            for q in range(kw):
-                j0, j1 = _valid_range(q, sw, pw, dw, W, ow)
-                m = j1 - j0
-                w0 = _src(j0, q, sw, pw, dw)
-                row = cols[n, (c * kh + p) * kw + q]  # (R*OW,) one contiguous stream
-                a0, a1 = max(i0, r0), min(i1, r0 + R)
-                if sh == 1 and sw == 1 and ow == W and a1 > a0 and m > 0:
-                    # Stride 1 on a full-width grid (e.g. 3x3 "same"): the in-range rows are one
-                    # run of x shifted by a constant, so copy it flat (long vectorised runs), then
-                    # zero the runs' edges and the padding-only rows.
-                    flat = x[n, c].reshape(H * W)
-                    d0 = (a0 - r0) * ow + j0
-                    s0 = _src(a0, p, sh, ph, dh) * W + w0
-                    span = (a1 - a0 - 1) * ow + m
-                    dst = row[d0:d0 + span]
-                    src = flat[s0:s0 + span]
-                    for t in range(span):
-                        dst[t] = src[t]
-                    for i in range(r0, r0 + R):
-                        seg = row[(i - r0) * ow:(i - r0 + 1) * ow]
-                        if i < a0 or i >= a1:
-                            for j in range(ow):
-                                seg[j] = 0
-                        else:
-                            for j in range(j0):
-                                seg[j] = 0
-                            for j in range(j1, ow):
-                                seg[j] = 0
-                    continue
-                for i in range(r0, r0 + R):
-                    # 1-D views indexed from 0 let LLVM drop the negative-index checks and
-                    # vectorise the copies (about 4x faster than indexing row[base + j]).
-                    dst = row[(i - r0) * ow:(i - r0 + 1) * ow]
-                    if i < i0 or i >= i1:  # this output row's tap reads padding only
-                        for j in range(ow):
-                            dst[j] = 0
-                        continue
-                    src = x[n, c, _src(i, p, sh, ph, dh), w0:w0 + (m - 1) * sw + 1:sw]
-                    mid = dst[j0:j1]
-                    for j in range(j0):
-                        dst[j] = 0
-                    for j in range(m):
-                        mid[j] = src[j]
-                    for j in range(j1, ow):
-                        dst[j] = 0
+    C = x.shape[1]
+    for nc in prange(x.shape[0] * C):
+        _im2col_plane(x, nc // C, nc % C, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, cols)
+
+
+@numba.njit(nogil=True, cache=True)
+def _im2col_serial_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, cols):
+    C = x.shape[1]
+    for nc in range(x.shape[0] * C):
+        _im2col_plane(x, nc // C, nc % C, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, cols)
 
 
 @numba.njit(parallel=True, cache=True)
 def _col2im_numba_kernel(cols, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, x, accumulate):
-    N, C, H, W = x.shape
-    R = cols.shape[2] // ow
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        plane = x[n, c]  # (H, W): owned by this thread alone, so += is race-free
-        if not accumulate:
-            plane[:, :] = 0
-        for p in range(kh):
-            i0, i1 = _valid_range(p, sh, ph, dh, H, r0 + R)
-            for q in range(kw):
-                j0, j1 = _valid_range(q, sw, pw, dw, W, ow)
-                m = j1 - j0
-                w0 = _src(j0, q, sw, pw, dw)
-                row = cols[n, (c * kh + p) * kw + q]  # (R*OW,)
-                for i in range(max(i0, r0), i1):
-                    dst = plane[_src(i, p, sh, ph, dh), w0:w0 + (m - 1) * sw + 1:sw]
-                    src = row[(i - r0) * ow + j0:(i - r0) * ow + j1]
-                    for j in range(m):
-                        dst[j] += src[j]
+    C = x.shape[1]
+    for nc in prange(x.shape[0] * C):
+        _col2im_plane(cols, nc // C, nc % C, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, x, accumulate)
+
+
+@numba.njit(nogil=True, cache=True)
+def _col2im_serial_kernel(cols, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, x, accumulate):
+    C = x.shape[1]
+    for nc in range(x.shape[0] * C):
+        _col2im_plane(cols, nc // C, nc % C, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, x, accumulate)
 
 
 def im2col_numba(
     x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, out_size: Pair,
-    rows: Pair | None = None, out: Any = None,
+    rows: Pair | None = None, out: Any = None, *, parallel: bool = True,
 ) -> np.ndarray:
     """cols (N, C*KH*KW, R*OW), Numba CPU, parallel over (n, c) planes; into ``out`` if given
-    (a C-contiguous array of that shape: the CPU conv passes a reused scratch buffer)."""
+    (a C-contiguous array of that shape: the CPU conv passes a reused scratch buffer).
+    ``parallel=False`` runs on the calling thread alone, without holding the GIL."""
     x = np.ascontiguousarray(x)
     N, C = x.shape[:2]
     (kh, kw), (oh, ow) = kernel_size, out_size
     r0, r1 = rows or (0, oh)
     cols = np.empty((N, C * kh * kw, (r1 - r0) * ow), dtype=x.dtype) if out is None else out
-    _im2col_numba_kernel(x, kh, kw, *stride, *padding, *dilation, r0, ow, cols)
+    run = _im2col_numba_kernel if parallel else _im2col_serial_kernel
+    run(x, kh, kw, *stride, *padding, *dilation, r0, ow, cols)
     return cols
 
 
 def col2im_numba(
     cols: np.ndarray, x_shape: tuple[int, int, int, int], kernel_size: Pair, stride: Pair,
     padding: Pair, dilation: Pair, out_size: Pair, rows: Pair | None = None, acc: Any = None,
+    *, parallel: bool = True,
 ) -> np.ndarray:
-    """x (N, C, H, W) = col2im(cols) (+ acc), Numba CPU, one thread per (n, c) plane."""
+    """x (N, C, H, W) = col2im(cols) (+ acc), Numba CPU, one thread per (n, c) plane.
+    ``parallel=False`` runs on the calling thread alone, without holding the GIL."""
     cols = np.ascontiguousarray(cols)
     (kh, kw), ow = kernel_size, out_size[1]
     r0 = rows[0] if rows else 0
     x = np.empty(tuple(x_shape), dtype=cols.dtype) if acc is None else acc
-    _col2im_numba_kernel(cols, kh, kw, *stride, *padding, *dilation, r0, ow, x, acc is not None)
+    run = _col2im_numba_kernel if parallel else _col2im_serial_kernel
+    run(cols, kh, kw, *stride, *padding, *dilation, r0, ow, x, acc is not None)
     return x
+
+
+def im2col_serial(*args: Any, **kwargs: Any) -> np.ndarray:
+    """im2col_numba on the calling thread only (GIL released): one block of a per-core loop."""
+    return im2col_numba(*args, **kwargs, parallel=False)
+
+
+def col2im_serial(*args: Any, **kwargs: Any) -> np.ndarray:
+    """col2im_numba on the calling thread only (GIL released): one block of a per-core loop."""
+    return col2im_numba(*args, **kwargs, parallel=False)
 
 
 # ============================================================================================
@@ -435,6 +481,10 @@ IMPLS = {
         "numba": col2im_numba,
         "cuda": col2im_cuda,
     },
+    # Single-threaded, GIL-free versions, registered only where they exist: the CPU conv runs one
+    # per core on its own blocks (minisegnet/_cpu_pool.py) when the implementation has them.
+    "im2col_serial": {"numba": im2col_serial},
+    "col2im_serial": {"numba": col2im_serial},
 }
 
 _I = types.int64

@@ -202,6 +202,52 @@ def test_cpu_blocking_gives_the_same_result(monkeypatch, budget):
         assert_close(a, e)
 
 
+@given(N=st.integers(1, 9), oh=st.integers(1, 40), row_bytes=st.integers(1, 5000),
+       budget=st.integers(1, 60000), parts=st.integers(1, 4))
+@settings(max_examples=200)
+def test_blocks_tile_the_grid_for_every_core(N, oh, row_bytes, budget, parts):
+    # _blocks must cover every (image, output row) exactly once, hold several images only as
+    # whole images, keep each block within the budget up to one image or row of slack, and give
+    # each of `parts` cores at least one block whenever there are enough rows.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(conv_module.BLOCK_BYTES, "numba", budget)
+        blocks = conv_module._blocks("numba", N, row_bytes, oh, parts)
+    seen = np.zeros((N, oh), int)
+    for n0, n1, r0, r1 in blocks:
+        assert 0 <= n0 < n1 <= N and 0 <= r0 < r1 <= oh
+        seen[n0:n1, r0:r1] += 1
+        size = (n1 - n0) * (r1 - r0) * row_bytes
+        if n1 - n0 > 1:
+            assert (r0, r1) == (0, oh), "several images only as whole images"
+            assert size <= budget + oh * row_bytes
+        elif len(blocks) > 1:
+            assert size <= max(budget, row_bytes) + row_bytes
+    assert (seen == 1).all()
+    assert len(blocks) >= min(parts, N * oh)
+    if parts == 1 and N * oh * row_bytes <= budget:
+        assert blocks == [(0, N, 0, oh)]
+
+
+def test_cpu_results_do_not_depend_on_the_worker_count():
+    # The numba conv runs its blocks one per core (minisegnet/_cpu_pool.py); with one worker the
+    # same blocks run in this thread. Both must agree with the reference and with each other.
+    import numba
+
+    x, w, b = tensors(((3, 4, 9, 8), (6, 4, 3, 3)), np.float64, 5)
+    gy = np.random.default_rng(6).standard_normal((3, 6, 9, 8))
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = grads("numba", x, w, b, 1, 1, 1, 1, gy)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = grads("numba", x, w, b, 1, 1, 1, 1, gy)
+    finally:
+        numba.set_num_threads(before)
+    for a, c, e in zip(one, two, grads("reference", x, w, b, 1, 1, 1, 1, gy)):
+        assert_close(a, e)
+        assert_close(c, e)
+
+
 def test_float32_in_float32_out(impl):
     x, w, b = tensors(((1, 2, 5, 5), (3, 2, 3, 3)), np.float32, 0)
     with msn.use_impl(impl):

@@ -70,6 +70,26 @@ def test_col2im_matches_reference(impl, dtype, g, seed):
                  what=f"col2im {g}")
 
 
+@given(g=geometry(), seed=st.integers(0, 2**16), cut=st.integers(0, 8))
+@HYP
+def test_serial_kernels_match_the_parallel_ones(g, seed, cut):
+    # im2col_serial / col2im_serial (one thread, GIL released: the CPU conv runs one per core) are
+    # the parallel numba kernels' plane loop on the calling thread: the same numbers exactly.
+    shape, *geo = g
+    oh = geo[-1][0]
+    rows = (cut % oh, oh)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    cols = K.im2col_serial(x, *geo, rows)
+    np.testing.assert_array_equal(cols, K.im2col_numba(x, *geo, rows))
+    c = rng.standard_normal(cols.shape)
+    acc = rng.standard_normal(shape)
+    np.testing.assert_array_equal(K.col2im_serial(c, shape, *geo, rows, acc.copy()),
+                                  K.col2im_numba(c, shape, *geo, rows, acc.copy()))
+    np.testing.assert_array_equal(K.col2im_serial(c, shape, *geo, rows),
+                                  K.col2im_numba(c, shape, *geo, rows))
+
+
 @given(g=geometry(), seed=st.integers(0, 2**16))
 @HYP
 def test_col2im_is_the_adjoint_of_im2col(impl, g, seed):

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _cpu_pool
 from ..backend import (current_impl, get_array_module, implementations, is_cupy_array, kernel,
                        register)
 from ..kernels import im2col as _im2col_kernels
@@ -147,15 +148,15 @@ def _check_common(op: str, x: Any, weight: Any, bias: Any, stride: Any, padding:
 # array level: conv2d (and its weight gradient), its adjoint (= conv_transpose2d)
 # ============================================================================================
 
-BLOCK_BYTES: dict[str, int] = {"numba": 16 << 20, "cuda": 512 << 20}
+BLOCK_BYTES: dict[str, int] = {"numba": 2 << 20, "cuda": 512 << 20}
 """Largest im2col column block per implementation, in bytes. The CPU walks the batch in blocks of
-images, or of output rows of one image, written into one reused scratch buffer, instead of
-building the full column matrix (9x the input for a 3x3 kernel); a GPU takes big blocks.
+images, or of output rows of one image, each built in a reused per-thread scratch buffer, instead
+of building the full column matrix (9x the input for a 3x3 kernel); a GPU takes big blocks.
 Implementations not listed ("reference", and "numpy", the textbook method the benchmarks compare
-against) build all the columns at once. Measured on one core (3x3, N in {1, 8}, C in {16, 64,
-128}): 16 MB blocks ran within 3% of 4 MB ones and 64 MB within 6%; bigger blocks mean fewer
-parallel launches, each a wake-up and join of the worker threads that costs far more than its
-work when the cores are busy with other processes."""
+against) build all the columns at once. On the CPU each core runs whole blocks, im2col then GEMM
+(see :func:`_run_blocks`), so a block should stay in that core's L2/L3 share until its GEMM reads
+it: measured on 2 cores (3x3, N in {1, 8}, C in {16, 64, 128}), 1-4 MB blocks ran 10-30% faster
+than 16 MB ones and 256 KB blocks slower again (each GEMM re-packs the weights)."""
 
 
 ROTATED_KERNEL_IMPLS = {"numba"}
@@ -199,18 +200,46 @@ def _matmul_into(xp: Any, a: Any, b: Any, out: Any) -> None:
         out[...] = xp.matmul(a, b)
 
 
-def _blocks(impl: str, N: int, row_bytes: int, oh: int) -> list[tuple[int, int, int, int]]:
-    """(n0, n1, r0, r1) blocks covering images [0, N) x output rows [0, oh): either whole images,
-    several at a time, or row ranges of one image, each within BLOCK_BYTES of columns."""
+def _per_core(impl: str, xp: Any) -> bool:
+    """Whether blocks run one per core (:mod:`minisegnet._cpu_pool`): a CPU implementation with
+    single-threaded, GIL-free im2col/col2im kernels ("numba")."""
+    return xp is np and impl in implementations("im2col_serial")
+
+
+def _blocks(impl: str, N: int, row_bytes: int, oh: int,
+            parts: int = 1) -> list[tuple[int, int, int, int]]:
+    """(n0, n1, r0, r1) blocks covering images [0, N) x output rows [0, oh): either groups of whole
+    images or row ranges of one image, each within BLOCK_BYTES of columns when possible, and (for
+    ``parts`` workers) a multiple of ``parts`` blocks of near-equal size, so that no core idles."""
     budget = BLOCK_BYTES.get(impl)
     image_bytes = row_bytes * oh
-    if budget is None or image_bytes * N <= budget:
+    if budget is None or (parts == 1 and image_bytes * N <= budget):
         return [(0, N, 0, oh)]
-    if image_bytes <= budget:
-        per = budget // image_bytes
-        return [(n, min(N, n + per), 0, oh) for n in range(0, N, per)]
-    R = max(1, budget // row_bytes)
-    return [(n, n + 1, r, min(oh, r + R)) for n in range(N) for r in range(0, oh, R)]
+    if image_bytes <= budget and N >= parts:  # groups of whole images
+        count = min(N, _round_up(_ceil_div(image_bytes * N, budget), parts))
+        return [(n0, n1, 0, oh) for n0, n1 in _cpu_pool.split(N, count)]
+    # row ranges of one image; with fewer images than parts, enough ranges to go round
+    per_image = _ceil_div(_round_up(N * _ceil_div(image_bytes, budget), parts), N)
+    return [(n, n + 1, r0, r1) for n in range(N) for r0, r1 in _cpu_pool.split(oh, per_image)]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _round_up(a: int, m: int) -> int:
+    return _ceil_div(a, m) * m
+
+
+def _run_blocks(per_core: bool, job: Any, blocks: list) -> list:
+    """``job(chunk)`` for consecutive chunks of ``blocks``: one chunk per core when ``per_core``
+    (each core walks its own blocks, im2col then GEMM, with BLAS single-threaded), else one chunk
+    of all blocks in this thread. The chunking depends only on the block list and the worker count,
+    so sums over chunk results are deterministic."""
+    if not per_core:
+        return [job(blocks)]
+    chunks = [blocks[a:b] for a, b in _cpu_pool.split(len(blocks), _cpu_pool.workers())]
+    return _cpu_pool.map_blocks(job, chunks)
 
 
 def _conv2d_array(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, groups: int,
@@ -239,8 +268,10 @@ def _conv2d_array(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, g
         return y, gw
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
-    im2col = kernel("im2col", x)
-    blocks = _blocks(impl, N, C * kh * kw * ow * x.itemsize, oh)
+    per_core = _per_core(impl, xp)
+    im2col = kernel("im2col_serial" if per_core else "im2col", x)
+    blocks = _blocks(impl, N, C * kh * kw * ow * x.itemsize, oh,
+                     _cpu_pool.workers() if per_core else 1)
     if w is not None:
         w3 = w.reshape(G, Og, K)  # (G, O/G, Cg*KH*KW)
         # The result is allocated in its final shape and written through a view, so that it is
@@ -249,23 +280,31 @@ def _conv2d_array(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, g
         y4 = y.reshape(N, G, Og, oh * ow)  # (N, G, O/G, OH*OW), a view
     if gy is not None:
         gy4 = xp.ascontiguousarray(gy).reshape(N, G, Og, oh * ow)  # (N, G, O/G, OH*OW)
-        gwT = xp.zeros((G, K, Og), dtype=x.dtype)  # accumulated transposed: (G, Cg*KH*KW, O/G)
-    for n0, n1, r0, r1 in blocks:
-        out = None
-        if impl in BLOCK_BYTES and xp is np:
-            out = _scratch("cols", (n1 - n0, C * kh * kw, (r1 - r0) * ow), x.dtype)
-        cols = im2col(x[n0:n1], (kh, kw), stride, padding, dilation, out_hw, (r0, r1), out)
-        cols = cols.reshape(n1 - n0, G, K, (r1 - r0) * ow)  # (B, G, Cg*KH*KW, R*OW)
-        cs = slice(r0 * ow, r1 * ow)
-        if w is not None:
-            _matmul_into(xp, w3, cols, y4[n0:n1, :, :, cs])  # (B, G, O/G, R*OW), in place
-        if gy is not None:
-            # cols @ gy^T, summed over the block's images: (G, Cg*KH*KW, O/G). In OpenBLAS this
-            # orientation (the small O/G last) measured faster than gy @ cols^T: up to 2x on
-            # one core, several times with two threads on busy cores.
-            gwT += xp.matmul(cols, gy4[n0:n1, :, :, cs].transpose(0, 1, 3, 2)).sum(axis=0)
+
+    def run(chunk: list) -> Any:
+        gwT = xp.zeros((G, K, Og), dtype=x.dtype) if gy is not None else None
+        for n0, n1, r0, r1 in chunk:
+            out = None
+            if impl in BLOCK_BYTES and xp is np:
+                out = _scratch("cols", (n1 - n0, C * kh * kw, (r1 - r0) * ow), x.dtype)
+            cols = im2col(x[n0:n1], (kh, kw), stride, padding, dilation, out_hw, (r0, r1), out)
+            cols = cols.reshape(n1 - n0, G, K, (r1 - r0) * ow)  # (B, G, Cg*KH*KW, R*OW)
+            cs = slice(r0 * ow, r1 * ow)
+            if w is not None:
+                _matmul_into(xp, w3, cols, y4[n0:n1, :, :, cs])  # (B, G, O/G, R*OW), in place
+            if gy is not None:
+                # cols @ gy^T, summed over the block's images: (G, Cg*KH*KW, O/G) accumulated
+                # transposed. In OpenBLAS this orientation (the small O/G last) measured faster
+                # than gy @ cols^T: up to 2x on one core.
+                gwT += xp.matmul(cols, gy4[n0:n1, :, :, cs].transpose(0, 1, 3, 2)).sum(axis=0)
+        return gwT
+
+    partial = _run_blocks(per_core, run, blocks)
     gw = None
     if gy is not None:
+        gwT = partial[0]
+        for part in partial[1:]:  # in chunk order: the same sum on every run
+            gwT += part
         gw = xp.empty((O, Cg, kh, kw), dtype=x.dtype)
         gw.reshape(G, Og, K)[...] = gwT.transpose(0, 2, 1)  # (G, O/G, Cg*KH*KW)
     return (y if w is not None else None), gw
@@ -298,20 +337,29 @@ def _conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddi
         return _conv2d_array(gy, w_rot, (1, 1), pad, dilation, G, (H, W))[0]
     gy4 = xp.ascontiguousarray(gy).reshape(N, G, Og, oh * ow)  # (N, G, O/G, OH*OW)
     wT = w.reshape(G, Og, K).transpose(0, 2, 1)  # (G, Cg*KH*KW, O/G)
-    col2im = kernel("col2im", gy)
-    blocks = _blocks(impl, N, C * kh * kw * ow * gy.itemsize, oh)
+    # Per core only when the blocks are whole images: col2im of a row block adds into input rows
+    # that the neighbouring blocks' taps reach too.
+    per_core = _per_core(impl, xp)
+    blocks = _blocks(impl, N, C * kh * kw * ow * gy.itemsize, oh,
+                     _cpu_pool.workers() if per_core else 1)
+    per_core = per_core and all(r1 - r0 == oh for _, _, r0, r1 in blocks)
+    col2im = kernel("col2im_serial" if per_core else "col2im", gy)
     if len(blocks) == 1:  # all columns at once
         gcols = xp.matmul(wT, gy4).reshape(N, C * kh * kw, oh * ow)  # (N, C*KH*KW, OH*OW)
         return col2im(gcols, tuple(x_shape), (kh, kw), stride, padding, dilation, (oh, ow))
     gx = xp.zeros(tuple(x_shape), dtype=gy.dtype)
-    for n0, n1, r0, r1 in blocks:
-        out = None
-        if xp is np:
-            out = _scratch("gcols", (n1 - n0, G, K, (r1 - r0) * ow), gy.dtype)
-        # (B, G, Cg*KH*KW, R*OW)
-        gcols = xp.matmul(wT, gy4[n0:n1, :, :, r0 * ow:r1 * ow], out=out)
-        col2im(gcols.reshape(n1 - n0, C * kh * kw, (r1 - r0) * ow), (n1 - n0, C, H, W),
-               (kh, kw), stride, padding, dilation, (oh, ow), (r0, r1), gx[n0:n1])
+
+    def run(chunk: list) -> None:
+        for n0, n1, r0, r1 in chunk:
+            out = None
+            if xp is np:
+                out = _scratch("gcols", (n1 - n0, G, K, (r1 - r0) * ow), gy.dtype)
+            # (B, G, Cg*KH*KW, R*OW)
+            gcols = xp.matmul(wT, gy4[n0:n1, :, :, r0 * ow:r1 * ow], out=out)
+            col2im(gcols.reshape(n1 - n0, C * kh * kw, (r1 - r0) * ow), (n1 - n0, C, H, W),
+                   (kh, kw), stride, padding, dilation, (oh, ow), (r0, r1), gx[n0:n1])
+
+    _run_blocks(per_core, run, blocks)
     return gx
 
 

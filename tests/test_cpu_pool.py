@@ -1,0 +1,97 @@
+"""minisegnet/_cpu_pool.py: blocks spread over the cores with BLAS held to one thread meanwhile,
+and the BLAS thread count given back afterwards, whatever happens in the jobs."""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import pytest
+from threadpoolctl import threadpool_info
+
+from minisegnet import _cpu_pool
+
+
+def blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+@pytest.fixture
+def two_workers():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba was started with one thread: the pool runs jobs inline")
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    yield
+    numba.set_num_threads(before)
+
+
+def test_results_in_order_on_pool_threads_with_single_threaded_blas(two_workers):
+    before = blas_threads()
+    seen = []
+
+    def job(b):
+        seen.append((threading.current_thread().name, blas_threads()))
+        return b * b
+
+    assert _cpu_pool.map_blocks(job, list(range(7))) == [b * b for b in range(7)]
+    assert all(name.startswith("minisegnet-cpu") for name, _ in seen)
+    assert all(all(n == 1 for n in counts) for _, counts in seen)
+    assert blas_threads() == before
+
+
+def test_an_exception_reaches_the_caller_and_blas_is_restored(two_workers):
+    before = blas_threads()
+
+    def job(b):
+        if b == 3:
+            raise ValueError("block 3")
+        return b
+
+    with pytest.raises(ValueError, match="block 3"):
+        _cpu_pool.map_blocks(job, list(range(5)))
+    assert blas_threads() == before
+
+
+def test_concurrent_and_nested_callers_share_one_hold(two_workers):
+    # Two threads calling at once, each job calling map_blocks again (run inline in the worker):
+    # the BLAS thread count must come back to where it was, not to the 1 that one caller saw.
+    before = blas_threads()
+    results = {}
+    start = threading.Barrier(2)
+
+    def inner(b):
+        return _cpu_pool.map_blocks(lambda c: (b, c), [0, 1])
+
+    def caller(k):
+        start.wait()
+        results[k] = _cpu_pool.map_blocks(inner, list(range(4)))
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = [[(b, 0), (b, 1)] for b in range(4)]
+    assert results == {0: expected, 1: expected}
+    assert blas_threads() == before
+
+
+def test_one_worker_runs_inline():
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        names = _cpu_pool.map_blocks(lambda b: threading.current_thread().name, [0, 1, 2])
+    finally:
+        numba.set_num_threads(before)
+    assert names == [threading.current_thread().name] * 3
+
+
+@pytest.mark.parametrize("total, parts", [(10, 3), (3, 5), (1, 1), (7, 7), (100, 8)])
+def test_split_covers_the_range_in_near_equal_pieces(total, parts):
+    pieces = _cpu_pool.split(total, parts)
+    assert len(pieces) == min(total, parts)
+    assert [a for a, _ in pieces[1:]] == [b for _, b in pieces[:-1]]
+    assert pieces[0][0] == 0 and pieces[-1][1] == total
+    sizes = [b - a for a, b in pieces]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
