@@ -28,15 +28,16 @@ def two_workers():
 
 def test_results_in_order_on_pool_threads_with_single_threaded_blas(two_workers):
     before = blas_threads()
-    seen = []
+    seen = {}
 
     def job(b):
-        seen.append((threading.current_thread().name, blas_threads()))
+        seen[b] = (threading.current_thread().name, blas_threads())
         return b * b
 
     assert _cpu_pool.map_blocks(job, list(range(7))) == [b * b for b in range(7)]
-    assert all(name.startswith("minisegnet-cpu") for name, _ in seen)
-    assert all(all(n == 1 for n in counts) for _, counts in seen)
+    assert seen[0][0] == threading.current_thread().name  # the caller takes the first block
+    assert all(seen[b][0].startswith("minisegnet-cpu") for b in range(1, 7))
+    assert all(all(n == 1 for n in counts) for _, counts in seen.values())
     assert blas_threads() == before
 
 
