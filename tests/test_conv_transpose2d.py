@@ -202,6 +202,61 @@ def test_cpu_blocking_gives_the_same_result(monkeypatch, budget):
         assert_close(a, e)
 
 
+@pytest.mark.parametrize("N, budget", [(1, 1), (1, 2000), (2, 1), (3, 5000)])
+@pytest.mark.parametrize("k, s, p, d", [(4, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 3), (16, 8, 4, 1)])
+def test_row_blocks_on_all_cores_give_the_same_result(monkeypatch, N, budget, k, s, p, d):
+    # The CPU forward adds row blocks of one image into gx from several cores at once, in two
+    # phases (_col2im_phases). Upsampling kernels that overlap (FCN's k4 s2, k16 s8) or reach far
+    # (dilated) must give what the reference gives, whatever the blocks.
+    x, w, b = tensors(((N, 3, 7, 5), (3, 2, k, k), s, p, 0, 1, d), np.float64, 7)
+    geo = (s, p, 0, 1, d)
+    oh = conv_module.conv_transpose_output_size(7, k, s, p, 0, d)
+    ow = conv_module.conv_transpose_output_size(5, k, s, p, 0, d)
+    gy = np.random.default_rng(8).standard_normal((N, 2, oh, ow))
+    expected = grads("reference", x, w, b, geo, gy)
+    monkeypatch.setitem(conv_module.BLOCK_BYTES, "numba", budget)
+    for a, e in zip(grads("numba", x, w, b, geo, gy), expected):
+        assert_close(a, e)
+
+
+@given(N=st.integers(1, 3), oh=st.integers(1, 30), H=st.integers(1, 70), s=st.integers(1, 4),
+       p=st.integers(0, 3), reach=st.integers(0, 12), nblocks=st.integers(1, 12))
+@settings(max_examples=200)
+def test_col2im_phases_never_add_into_one_row_at_once(N, oh, H, s, p, reach, nblocks):
+    # Brute force: within a phase, no two chunks may add into the same input row of one image.
+    # Rows a block (n, r0, r1) adds into: r*s - p + t for r in [r0, r1) and t in [0, reach] that
+    # land in [0, H) (every dilated tap offset lies in that range).
+    blocks = [(n, n + 1, r0, r1) for n in range(N)
+              for r0, r1 in [(oh * k // nblocks, oh * (k + 1) // nblocks) for k in range(nblocks)]
+              if r1 > r0]
+    phases = conv_module._col2im_phases(blocks, s, p, reach, H)
+    if phases is None:
+        return
+    assert [b for chunk in sorted(phases[0] + phases[1]) for b in chunk] == blocks
+
+    def rows(chunk):
+        return {(n, r * s - p + t) for n, _, r0, r1 in chunk for r in range(r0, r1)
+                for t in range(reach + 1) if 0 <= r * s - p + t < H}
+
+    for phase in phases:
+        seen = set()
+        for chunk in phase:
+            mine = rows(chunk)
+            assert not (mine & seen)
+            seen |= mine
+
+
+def test_col2im_phases_for_fcn_upsampling(monkeypatch):
+    # FCN's k4 s2 p1 on one image in 8 row blocks over 2 cores: 4 chunks of 2 rows each, the
+    # even ones first. Chunks 0 and 2 add into input rows 0..4 and 7..12: apart, so allowed.
+    monkeypatch.setattr(conv_module._cpu_pool, "workers", lambda: 2)
+    blocks = [(0, 1, r, r + 1) for r in range(8)]
+    phases = conv_module._col2im_phases(blocks, 2, 1, 3, 16)
+    assert phases == [[blocks[0:2], blocks[4:6]], [blocks[2:4], blocks[6:8]]]
+    # A dilated stride-1 kernel reaching 12 rows past a 2-row chunk cannot run that way.
+    assert conv_module._col2im_phases(blocks, 1, 0, 12, 16) is None
+
+
 def test_matches_pytorch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)

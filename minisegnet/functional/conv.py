@@ -342,13 +342,12 @@ def _conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddi
         return _conv2d_array(gy, w_rot, (1, 1), pad, dilation, G, (H, W))[0]
     gy4 = xp.ascontiguousarray(gy).reshape(N, G, Og, oh * ow)  # (N, G, O/G, OH*OW)
     wT = w.reshape(G, Og, K).transpose(0, 2, 1)  # (G, Cg*KH*KW, O/G)
-    # Per core only when the blocks are whole images: col2im of a row block adds into input rows
-    # that the neighbouring blocks' taps reach too.
     per_core = _per_core(impl, xp)
     blocks = _blocks(impl, N, C * kh * kw * ow * gy.itemsize, oh,
                      _cpu_pool.workers() if per_core else 1)
-    per_core = per_core and all(r1 - r0 == oh for _, _, r0, r1 in blocks)
-    col2im = kernel("col2im_serial" if per_core else "col2im", gy)
+    phases = _col2im_phases(blocks, stride[0], padding[0], dilation[0] * (kh - 1), H) \
+        if per_core else None
+    col2im = kernel("col2im" if phases is None else "col2im_serial", gy)
     if len(blocks) == 1:  # all columns at once
         gcols = xp.matmul(wT, gy4).reshape(N, C * kh * kw, oh * ow)  # (N, C*KH*KW, OH*OW)
         return col2im(gcols, tuple(x_shape), (kh, kw), stride, padding, dilation, (oh, ow))
@@ -364,8 +363,41 @@ def _conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddi
             col2im(gcols.reshape(n1 - n0, C * kh * kw, (r1 - r0) * ow), (n1 - n0, C, H, W),
                    (kh, kw), stride, padding, dilation, (oh, ow), (r0, r1), gx[n0:n1])
 
-    _run_blocks(per_core, run, blocks)
+    if phases is None:
+        run(blocks)
+    for chunks in phases or []:
+        _cpu_pool.map_blocks(run, chunks)
     return gx
+
+
+def _col2im_phases(blocks: list, s: int, p: int, reach: int, H: int) -> list[list] | None:
+    """The blocks as two phases of chunks that the cores can add into gx at the same time, or None.
+
+    col2im of output rows [r0, r1) adds into input rows ``[r0*s - p, (r1-1)*s - p + reach]``
+    (reach = d(KH-1)), so neighbouring row blocks of one image touch common rows when the kernel
+    reaches further than the stride. Cut the blocks into 2 x workers consecutive chunks; the even
+    chunks run first, all at once, then the odd ones: two chunks of one phase are separated by a
+    whole chunk, and that is checked to be enough. The phase order fixes the order of the sums,
+    so the result is deterministic. None when some phase would still overlap (a kernel reaching
+    past a whole chunk): then one thread adds all the blocks, with the parallel col2im.
+    """
+    chunks = [blocks[a:b] for a, b in _cpu_pool.split(len(blocks), 2 * _cpu_pool.workers())]
+
+    def rows(chunk: list) -> dict[int, tuple[int, int]]:  # image -> input rows it adds into
+        out: dict[int, tuple[int, int]] = {}
+        for n0, n1, r0, r1 in chunk:
+            lo, hi = max(0, r0 * s - p), min(H - 1, (r1 - 1) * s - p + reach)
+            for n in range(n0, n1):
+                a, b = out.get(n, (lo, hi))
+                out[n] = (min(a, lo), max(b, hi))
+        return out
+
+    spans = [rows(c) for c in chunks]
+    for i in range(len(chunks) - 2):  # rows only grow along the chunks: neighbours in a phase
+        for n, (lo, hi) in spans[i + 2].items():
+            if n in spans[i] and lo <= spans[i][n][1]:
+                return None
+    return [chunks[0::2], chunks[1::2]]
 
 
 # ============================================================================================
