@@ -15,6 +15,7 @@ The number of workers is Numba's thread count (``NUMBA_NUM_THREADS``, or
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -29,6 +30,19 @@ _pools: dict[int, ThreadPoolExecutor] = {}
 _blas: list[Any] | None = None  # threadpoolctl controllers of the loaded BLAS libraries
 _blas_users = 0  # map_blocks calls in flight (from any thread): the limit is process-wide
 _blas_saved: list[int] = []
+
+
+def _forget_after_fork() -> None:
+    """In a forked child the parent's pool threads do not exist: start afresh (a job queued on
+    the old pool would wait forever), with no BLAS hold in flight."""
+    global _lock, _blas_users
+    _lock = threading.Lock()
+    _pools.clear()
+    _blas_users = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def workers() -> int:

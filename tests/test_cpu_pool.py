@@ -96,3 +96,21 @@ def test_split_covers_the_range_in_near_equal_pieces(total, parts):
     assert pieces[0][0] == 0 and pieces[-1][1] == total
     sizes = [b - a for a, b in pieces]
     assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_a_working_pool(two_workers):
+    # A data-loading child forked after the parent used the pool must not queue work on the
+    # parent's threads, which do not exist in the child: it would wait forever.
+    import multiprocessing as mp
+
+    assert _cpu_pool.map_blocks(lambda b: b + 1, [1, 2, 3]) == [2, 3, 4]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(_blocks_in_child).get(timeout=60)
+    assert result == [2, 3, 4]
+
+
+def _blocks_in_child():
+    numba.set_num_threads(2)
+    return _cpu_pool.map_blocks(lambda b: b + 1, [1, 2, 3])
