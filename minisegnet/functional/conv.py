@@ -26,7 +26,7 @@ How the CPU path is fast (the "numba" implementation; ``benchmarks/`` has the nu
   single-threaded im2col (``im2col_serial``, GIL released) and a single-threaded GEMM
   (:mod:`minisegnet._cpu_pool`). Alternating a parallel Numba kernel with a parallel BLAS call
   instead makes the two thread pools fight over the cores (OpenBLAS spins after each call):
-  measured on 2 cores, 3x3 fwd+bwd went from 1.4-3.3x PyTorch's time to 0.9-2.1x.
+  measured on 2 cores, 3x3 fwd+bwd went from 1.3-3.3x PyTorch's time to 0.95-2.0x.
 * Stride-1 adjoint as a conv. With stride 1, C_w^T gy is itself a conv2d of gy with the kernel
   rotated 180 degrees and its channel axes swapped (padding d(k-1) - p): a GEMM summing over
   O*KH*KW terms instead of O, and no col2im (:data:`ROTATED_KERNEL_IMPLS`). Measured on one
@@ -159,9 +159,10 @@ images, or of output rows of one image, each built in a reused per-thread scratc
 of building the full column matrix (9x the input for a 3x3 kernel); a GPU takes big blocks.
 Implementations not listed ("reference", and "numpy", the textbook method the benchmarks compare
 against) build all the columns at once. On the CPU each core runs whole blocks, im2col then GEMM
-(see :func:`_run_blocks`), so a block should stay in that core's L2/L3 share until its GEMM reads
-it: measured on 2 cores (3x3, N in {1, 8}, C in {16, 64, 128}), 1-4 MB blocks ran 10-30% faster
-than 16 MB ones and 256 KB blocks slower again (each GEMM re-packs the weights)."""
+(see :func:`_run_blocks`), so a block should stay in that core's cache share until its GEMM reads
+it. Measured on 2 cores (3x3 fwd+bwd, N in {1, 8}, C in {16, 64, 128}, geomean of 10 shapes): 2 MB
+blocks ran 10% faster than 512 KB ones (each GEMM re-packs the weights), 2% faster than 4 MB and
+7% faster than 8 MB."""
 
 
 ROTATED_KERNEL_IMPLS = {"numba"}
@@ -214,8 +215,9 @@ def _per_core(impl: str, xp: Any) -> bool:
 def _blocks(impl: str, N: int, row_bytes: int, oh: int,
             parts: int = 1) -> list[tuple[int, int, int, int]]:
     """(n0, n1, r0, r1) blocks covering images [0, N) x output rows [0, oh): either groups of whole
-    images or row ranges of one image, each within BLOCK_BYTES of columns when possible, and (for
-    ``parts`` workers) a multiple of ``parts`` blocks of near-equal size, so that no core idles."""
+    images or row ranges of one image, each within BLOCK_BYTES of columns (give or take an image
+    or a row), and, for ``parts`` workers, at least ``parts`` blocks of near-equal size (a
+    multiple of ``parts`` where the sizes allow) so that no core idles."""
     budget = BLOCK_BYTES.get(impl)
     image_bytes = row_bytes * oh
     if budget is None or (parts == 1 and image_bytes * N <= budget):
