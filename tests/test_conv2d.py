@@ -189,15 +189,17 @@ def test_gradcheck(impl, case):
         assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, s, p, d, g), [x, w, b])
 
 
+@pytest.mark.parametrize("min_flops", [0, math.inf], ids=["all-cores", "one-thread"])
 @pytest.mark.parametrize("budget", [1, 4000, 14000, 10**9],
                          ids=["1-row-blocks", "2-row-blocks", "2-image-blocks", "one-block"])
-def test_cpu_blocking_gives_the_same_result(monkeypatch, budget):
+def test_cpu_blocking_gives_the_same_result(monkeypatch, budget, min_flops):
     # The numba path walks the batch in blocks of images or of output rows (BLOCK_BYTES of
     # columns each); every blocking must give what the one-block reference gives.
     x, w, b = tensors(((3, 4, 7, 6), (6, 2, 3, 3)), np.float64, 3)
     gy = np.random.default_rng(4).standard_normal((3, 6, 4, 6))
     expected = grads("reference", x, w, b, (2, 1), 1, 1, 2, gy)
     monkeypatch.setitem(conv_module.BLOCK_BYTES, "numba", budget)
+    monkeypatch.setattr(conv_module, "PER_CORE_MIN_FLOPS", min_flops)
     for a, e in zip(grads("numba", x, w, b, (2, 1), 1, 1, 2, gy), expected):
         assert_close(a, e)
 
@@ -228,11 +230,12 @@ def test_blocks_tile_the_grid_for_every_core(N, oh, row_bytes, budget, parts):
         assert blocks == [(0, N, 0, oh)]
 
 
-def test_cpu_results_do_not_depend_on_the_worker_count():
+def test_cpu_results_do_not_depend_on_the_worker_count(monkeypatch):
     # The numba conv runs its blocks one per core (minisegnet/_cpu_pool.py); with one worker the
     # same blocks run in this thread. Both must agree with the reference and with each other.
     import numba
 
+    monkeypatch.setattr(conv_module, "PER_CORE_MIN_FLOPS", 0)  # all cores, however small
     x, w, b = tensors(((3, 4, 9, 8), (6, 4, 3, 3)), np.float64, 5)
     gy = np.random.default_rng(6).standard_normal((3, 6, 9, 8))
     before = numba.get_num_threads()

@@ -189,8 +189,9 @@ def test_gradcheck(impl, case):
         assert gradcheck(lambda x, w, b: F.conv_transpose2d(x, w, b, *geo), [x, w, b])
 
 
+@pytest.mark.parametrize("min_flops", [0, math.inf], ids=["all-cores", "one-thread"])
 @pytest.mark.parametrize("budget", [1, 3000, 12000], ids=["1-row", "2-row", "2-image"])
-def test_cpu_blocking_gives_the_same_result(monkeypatch, budget):
+def test_cpu_blocking_gives_the_same_result(monkeypatch, budget, min_flops):
     # conv_transpose2d's forward adds column blocks back with col2im(acc=...), its backward walks
     # the blocks of conv2d(gy): every blocking must give what the one-block reference gives.
     case = ((3, 4, 4, 3), (4, 3, 3, 3), (2, 1), 1, (1, 0), 2, 1)
@@ -198,6 +199,7 @@ def test_cpu_blocking_gives_the_same_result(monkeypatch, budget):
     gy = np.random.default_rng(6).standard_normal((3, 6, 8, 3))
     expected = grads("reference", x, w, b, case[2:], gy)
     monkeypatch.setitem(conv_module.BLOCK_BYTES, "numba", budget)
+    monkeypatch.setattr(conv_module, "PER_CORE_MIN_FLOPS", min_flops)
     for a, e in zip(grads("numba", x, w, b, case[2:], gy), expected):
         assert_close(a, e)
 
@@ -215,21 +217,23 @@ def test_row_blocks_on_all_cores_give_the_same_result(monkeypatch, N, budget, k,
     gy = np.random.default_rng(8).standard_normal((N, 2, oh, ow))
     expected = grads("reference", x, w, b, geo, gy)
     monkeypatch.setitem(conv_module.BLOCK_BYTES, "numba", budget)
+    monkeypatch.setattr(conv_module, "PER_CORE_MIN_FLOPS", 0)  # all cores, however small
     for a, e in zip(grads("numba", x, w, b, geo, gy), expected):
         assert_close(a, e)
 
 
 @given(N=st.integers(1, 3), oh=st.integers(1, 30), H=st.integers(1, 70), s=st.integers(1, 4),
-       p=st.integers(0, 3), reach=st.integers(0, 12), nblocks=st.integers(1, 12))
+       p=st.integers(0, 3), reach=st.integers(0, 12), nblocks=st.integers(1, 12),
+       workers=st.integers(1, 4))
 @settings(max_examples=200)
-def test_col2im_phases_never_add_into_one_row_at_once(N, oh, H, s, p, reach, nblocks):
+def test_col2im_phases_never_add_into_one_row_at_once(N, oh, H, s, p, reach, nblocks, workers):
     # Brute force: within a phase, no two chunks may add into the same input row of one image.
     # Rows a block (n, r0, r1) adds into: r*s - p + t for r in [r0, r1) and t in [0, reach] that
     # land in [0, H) (every dilated tap offset lies in that range).
     blocks = [(n, n + 1, r0, r1) for n in range(N)
               for r0, r1 in [(oh * k // nblocks, oh * (k + 1) // nblocks) for k in range(nblocks)]
               if r1 > r0]
-    phases = conv_module._col2im_phases(blocks, s, p, reach, H)
+    phases = conv_module._col2im_phases(blocks, s, p, reach, H, workers)
     if phases is None:
         return
     assert [b for chunk in sorted(phases[0] + phases[1]) for b in chunk] == blocks
@@ -246,15 +250,14 @@ def test_col2im_phases_never_add_into_one_row_at_once(N, oh, H, s, p, reach, nbl
             seen |= mine
 
 
-def test_col2im_phases_for_fcn_upsampling(monkeypatch):
+def test_col2im_phases_for_fcn_upsampling():
     # FCN's k4 s2 p1 on one image in 8 row blocks over 2 cores: 4 chunks of 2 rows each, the
     # even ones first. Chunks 0 and 2 add into input rows 0..4 and 7..12: apart, so allowed.
-    monkeypatch.setattr(conv_module._cpu_pool, "workers", lambda: 2)
     blocks = [(0, 1, r, r + 1) for r in range(8)]
-    phases = conv_module._col2im_phases(blocks, 2, 1, 3, 16)
+    phases = conv_module._col2im_phases(blocks, 2, 1, 3, 16, 2)
     assert phases == [[blocks[0:2], blocks[4:6]], [blocks[2:4], blocks[6:8]]]
     # A dilated stride-1 kernel reaching 12 rows past a 2-row chunk cannot run that way.
-    assert conv_module._col2im_phases(blocks, 1, 0, 12, 16) is None
+    assert conv_module._col2im_phases(blocks, 1, 0, 12, 16, 2) is None
 
 
 def test_matches_pytorch():

@@ -206,10 +206,23 @@ def _matmul_into(xp: Any, a: Any, b: Any, out: Any) -> None:
         out[...] = xp.matmul(a, b)
 
 
-def _per_core(impl: str, xp: Any) -> bool:
-    """Whether blocks run one per core (:mod:`minisegnet._cpu_pool`): a CPU implementation with
-    single-threaded, GIL-free im2col/col2im kernels ("numba")."""
-    return xp is np and impl in implementations("im2col_serial")
+PER_CORE_MIN_FLOPS = 16e6
+"""Below this many FLOPs (2 x multiply-adds) in one GEMM pass, a CPU conv runs in the calling
+thread alone: handing blocks to another thread costs a thread wake-up each way and the GIL back
+and forth, some 250 us a pass on the 2-core VMs here, more than a small conv's whole pass.
+Measured there (3x3 fwd+bwd, per-core time / one-thread time): 4.7-6.3 at 1x8x16x16 and
+1x8x32x32, 1.5-2.2 at 1x16x32x32 (4.7 MFLOP), 0.87-0.95 at 1x16x64x64 (19 MFLOP), 0.77-0.92 at
+2x16x64x64; between 10 and 75 MFLOP the two are within the machine's noise."""
+
+
+def _workers(impl: str, xp: Any, flops: float) -> int:
+    """How many cores run the blocks of one conv pass: 0 for an implementation without the
+    single-threaded GIL-free kernels (its own kernels run as they are, in this thread), 1 for a
+    small pass (serial kernels in this thread), else Numba's thread count
+    (:mod:`minisegnet._cpu_pool`)."""
+    if xp is not np or impl not in implementations("im2col_serial"):
+        return 0
+    return _cpu_pool.workers() if flops >= PER_CORE_MIN_FLOPS else 1
 
 
 def _blocks(impl: str, N: int, row_bytes: int, oh: int,
@@ -238,14 +251,14 @@ def _round_up(a: int, m: int) -> int:
     return _ceil_div(a, m) * m
 
 
-def _run_blocks(per_core: bool, job: Any, blocks: list) -> list:
-    """``job(chunk)`` for consecutive chunks of ``blocks``: one chunk per core when ``per_core``
+def _run_blocks(workers: int, job: Any, blocks: list) -> list:
+    """``job(chunk)`` for consecutive chunks of ``blocks``: one chunk per core with 2+ workers
     (each core walks its own blocks, im2col then GEMM, with BLAS single-threaded), else one chunk
     of all blocks in this thread. The chunking depends only on the block list and the worker count,
     so sums over chunk results are deterministic."""
-    if not per_core:
+    if workers <= 1:
         return [job(blocks)]
-    chunks = [blocks[a:b] for a, b in _cpu_pool.split(len(blocks), _cpu_pool.workers())]
+    chunks = [blocks[a:b] for a, b in _cpu_pool.split(len(blocks), workers)]
     return _cpu_pool.map_blocks(job, chunks)
 
 
@@ -275,10 +288,9 @@ def _conv2d_array(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, g
         return y, gw
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
-    per_core = _per_core(impl, xp)
-    im2col = kernel("im2col_serial" if per_core else "im2col", x)
-    blocks = _blocks(impl, N, C * kh * kw * ow * x.itemsize, oh,
-                     _cpu_pool.workers() if per_core else 1)
+    workers = _workers(impl, xp, 2.0 * N * O * K * oh * ow)
+    im2col = kernel("im2col_serial" if workers else "im2col", x)
+    blocks = _blocks(impl, N, C * kh * kw * ow * x.itemsize, oh, max(workers, 1))
     if w is not None:
         w3 = w.reshape(G, Og, K)  # (G, O/G, Cg*KH*KW)
         # The result is allocated in its final shape and written through a view, so that it is
@@ -306,7 +318,7 @@ def _conv2d_array(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, g
                 gwT += xp.matmul(cols, gy4[n0:n1, :, :, cs].transpose(0, 1, 3, 2)).sum(axis=0)
         return gwT
 
-    partial = _run_blocks(per_core, run, blocks)
+    partial = _run_blocks(workers, run, blocks)
     gw = None
     if gy is not None:
         gwT = partial[0]
@@ -344,12 +356,14 @@ def _conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddi
         return _conv2d_array(gy, w_rot, (1, 1), pad, dilation, G, (H, W))[0]
     gy4 = xp.ascontiguousarray(gy).reshape(N, G, Og, oh * ow)  # (N, G, O/G, OH*OW)
     wT = w.reshape(G, Og, K).transpose(0, 2, 1)  # (G, Cg*KH*KW, O/G)
-    per_core = _per_core(impl, xp)
-    blocks = _blocks(impl, N, C * kh * kw * ow * gy.itemsize, oh,
-                     _cpu_pool.workers() if per_core else 1)
-    phases = _col2im_phases(blocks, stride[0], padding[0], dilation[0] * (kh - 1), H) \
-        if per_core else None
-    col2im = kernel("col2im" if phases is None else "col2im_serial", gy)
+    workers = _workers(impl, xp, 2.0 * N * O * K * oh * ow)
+    blocks = _blocks(impl, N, C * kh * kw * ow * gy.itemsize, oh, max(workers, 1))
+    phases = None
+    if workers > 1:
+        phases = _col2im_phases(blocks, stride[0], padding[0], dilation[0] * (kh - 1), H, workers)
+        if phases is None:  # the parallel col2im, blocks one after another in this thread
+            workers = 0
+    col2im = kernel("col2im_serial" if workers else "col2im", gy)
     if len(blocks) == 1:  # all columns at once
         gcols = xp.matmul(wT, gy4).reshape(N, C * kh * kw, oh * ow)  # (N, C*KH*KW, OH*OW)
         return col2im(gcols, tuple(x_shape), (kh, kw), stride, padding, dilation, (oh, ow))
@@ -372,7 +386,8 @@ def _conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddi
     return gx
 
 
-def _col2im_phases(blocks: list, s: int, p: int, reach: int, H: int) -> list[list] | None:
+def _col2im_phases(blocks: list, s: int, p: int, reach: int, H: int,
+                   workers: int) -> list[list] | None:
     """The blocks as two phases of chunks that the cores can add into gx at the same time, or None.
 
     col2im of output rows [r0, r1) adds into input rows ``[r0*s - p, (r1-1)*s - p + reach]``
@@ -383,7 +398,7 @@ def _col2im_phases(blocks: list, s: int, p: int, reach: int, H: int) -> list[lis
     so the result is deterministic. None when some phase would still overlap (a kernel reaching
     past a whole chunk): then one thread adds all the blocks, with the parallel col2im.
     """
-    chunks = [blocks[a:b] for a, b in _cpu_pool.split(len(blocks), 2 * _cpu_pool.workers())]
+    chunks = [blocks[a:b] for a, b in _cpu_pool.split(len(blocks), 2 * workers)]
 
     def rows(chunk: list) -> dict[int, tuple[int, int]]:  # image -> input rows it adds into
         out: dict[int, tuple[int, int]] = {}
