@@ -251,6 +251,25 @@ def test_cpu_results_do_not_depend_on_the_worker_count(monkeypatch):
         assert_close(c, e)
 
 
+@pytest.mark.parametrize("p, d, g", [(1, 1, 1), (0, 2, 2), (3, 2, 1), (2, 1, 3)])
+def test_stride_one_backward_is_one_conv_of_gy(monkeypatch, p, d, g):
+    # With stride 1 (numba) both gradients come from one conv2d of gy with the rotated kernel: its
+    # output is the input gradient, its weight gradient (output gradient x) the rotated weight
+    # gradient. The separate adjoint must not run, and the numbers must be the reference's.
+    x, w, b = tensors(((2, 6, 7, 6), (3 * g, 6 // g, 3, 3)), np.float64, 9)
+    oh, ow = out_len(7, 3, 1, p, d), out_len(6, 3, 1, p, d)
+    gy = np.random.default_rng(10).standard_normal((2, 3 * g, oh, ow))
+    expected = grads("reference", x, w, b, 1, p, d, g, gy)
+
+    def no_adjoint(*args, **kwargs):
+        raise AssertionError("the separate adjoint ran")
+
+    monkeypatch.setattr(conv_module, "_conv_transpose2d_array", no_adjoint)
+    for a, e in zip(grads("numba", x, w, b, 1, p, d, g, gy), expected):
+        assert_close(a, e)
+    assert_close(conv_module._rotated(conv_module._rotated(w, g), g), w)
+
+
 def test_float32_in_float32_out(impl):
     x, w, b = tensors(((1, 2, 5, 5), (3, 2, 3, 3)), np.float32, 0)
     with msn.use_impl(impl):
