@@ -467,7 +467,7 @@ class Conv2d(Function):
         x, w = self.x, self.w
         geo = (self.stride, self.padding, self.dilation, self.groups)
         need = self.needs_input_grad
-        G, (N, C, H, W) = self.groups, x.shape
+        G, (_, C, H, W) = self.groups, x.shape
         impl = current_impl(gy)
         if (need[0] and need[1] and _adjoint_is_a_conv(impl, *geo[:3], w.shape)
                 and not _use_depthwise(impl, C, w.shape, G, (H, W), self.out_hw, *geo[:3])):
