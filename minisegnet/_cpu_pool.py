@@ -30,6 +30,7 @@ _pools: dict[int, ThreadPoolExecutor] = {}
 _blas: list[Any] | None = None  # threadpoolctl controllers of the loaded BLAS libraries
 _blas_users = 0  # map_blocks calls in flight (from any thread): the limit is process-wide
 _blas_saved: list[int] = []
+_local = threading.local()  # .inside: this thread is running a map_blocks job
 
 
 def _forget_after_fork() -> None:
@@ -111,9 +112,6 @@ def map_blocks(job: Callable[[Any], T], blocks: Sequence[Any]) -> list[T]:
         return [first, *(f.result() for f in futures)]
     finally:
         _leave_single_threaded_blas()
-
-
-_local = threading.local()
 
 
 def _run_inside(job: Callable[[Any], T], block: Any) -> T:
