@@ -18,7 +18,8 @@ def __getattr__(name: str):
     # Heavier subpackages load on first use so `import minisegnet` stays quick.
     import importlib
 
-    if name in {"functional", "nn", "optim", "testing", "kernels", "metrics"}:
+    if name in {"functional", "nn", "optim", "testing", "kernels", "metrics", "models", "data",
+                "inference"}:
         return importlib.import_module(f".{name}", __name__)
     if name in {"save", "load"}:
         from . import serialization
