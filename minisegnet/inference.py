@@ -5,8 +5,8 @@ scheme (:func:`minisegnet.models.unet.predict_tiled`) where the network needs it
 U-Net always; a same-padded one past ``max_pixels``). ``instances_from_semantic`` turns a class
 map into instance labels the way a model trained on U-Net's carved gaps needs: connected
 components of each class (4-connected, so a one-pixel diagonal gap separates), tiny specks
-dropped, then every instance grown back by the carved gap width (the pixels
-``separate_touching`` removed from the truth were the instances' own).
+dropped, then the gaps between instances filled back from the nearest instance (the pixels
+``separate_touching`` removed from the truth were the touching instances' own).
 """
 
 from __future__ import annotations
@@ -46,9 +46,8 @@ def instances_from_semantic(labels: Any, min_size: int = 8, grow: int = 1) -> np
     """Instance labels (H, W) int32, 0 = background, from a class map (H, W) (0 = background).
 
     Connected components (4-connectivity) of each foreground class; components under
-    ``min_size`` pixels are dropped; then each instance grows by ``grow`` pixels into the
-    background (never into another instance: each background pixel within ``grow`` of an
-    instance joins the nearest one).
+    ``min_size`` pixels are dropped; then each background pixel that has two different
+    instances within ``grow`` pixels (a carved gap) joins the nearest instance.
     """
     from scipy import ndimage
 
@@ -69,7 +68,12 @@ def instances_from_semantic(labels: Any, min_size: int = 8, grow: int = 1) -> np
         n += int(keep.sum())
         out = np.where(ids[comp] > 0, ids[comp], out)
     if grow > 0 and n > 0:
-        dist, (iy, ix) = ndimage.distance_transform_edt(out == 0, return_indices=True)
-        near = out[iy, ix]
-        out = np.where((out == 0) & (dist <= grow), near, out).astype(np.int32)
+        # Gap pixels: background with two different instances within `grow`. Only those were
+        # carved from the truth; an instance's outer border was not, so it does not grow there.
+        size = 2 * grow + 1
+        hi = ndimage.maximum_filter(out, size=size)
+        lo = ndimage.minimum_filter(np.where(out > 0, out, np.iinfo(np.int32).max), size=size)
+        gap = (out == 0) & (hi > 0) & (lo < hi)
+        _, (iy, ix) = ndimage.distance_transform_edt(out == 0, return_indices=True)
+        out = np.where(gap, out[iy, ix], out).astype(np.int32)
     return out

@@ -320,6 +320,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Any = print) -> dict[str,
             "config": asdict(cfg), "state": state, "num_classes": num_classes,
             "in_channels": in_channels, "class_names": list(train_set.class_names),
             "normalization": train_set.normalization, "scheduler": sched.state_dict(),
+            "has_instances": test_set.instances is not None,
             "rng": msn_random.default_rng().bit_generator.state,
             "minisegnet_version": msn.__version__,
         }
