@@ -19,13 +19,13 @@ from minisegnet.testing import gradcheck
 # Instance label helpers
 
 
-def random_instances(seed: int, shape: tuple[int, int], n: int, sparse_ids: bool = True) -> np.ndarray:
-    """Random discs and boxes, later ones painted over earlier ones: many touch, ids non-consecutive."""
+def random_instances(seed: int, shape: tuple[int, int], n: int) -> np.ndarray:
+    """Random discs and boxes, later ones painted over earlier ones: many touch; sparse ids."""
     r = np.random.default_rng(seed)
     H, W = shape
     lab = np.zeros(shape, np.int64)
     yy, xx = np.mgrid[:H, :W]
-    ids = r.choice(np.arange(1, 10 * n + 1), size=n, replace=False) if sparse_ids else np.arange(1, n + 1)
+    ids = r.choice(np.arange(1, 10 * n + 1), size=n, replace=False)
     for k in ids:
         cy, cx = r.integers(0, H), r.integers(0, W)
         ry, rx = r.integers(1, 8, size=2)
@@ -101,7 +101,8 @@ def test_weight_map_class_weights_balance():
     inst = random_instances(6, (64, 48), 12)
     fg = inst > 0
     wc = weight_map(inst, w0=0.0)  # only the class term
-    np.testing.assert_allclose(wc[fg].sum(dtype=np.float64), wc[~fg].sum(dtype=np.float64), rtol=1e-6)
+    total_fg, total_bg = wc[fg].sum(dtype=np.float64), wc[~fg].sum(dtype=np.float64)
+    np.testing.assert_allclose(total_fg, total_bg, rtol=1e-6)
     assert len(np.unique(wc[fg])) == 1 and len(np.unique(wc[~fg])) == 1
     given = weight_map(inst, w0=0.0, class_weights=[0.25, 3.0])
     assert np.all(given[fg] == 3.0) and np.all(given[~fg] == 0.25)
@@ -296,7 +297,9 @@ def test_valid_sizes_match_the_closed_form(depth):
             assert model.output_size(s, s) == (s - 2 * model.halo,) * 2
 
 
-@pytest.mark.parametrize("depth,shape", [(1, (18, 22)), (2, (44, 60)), (3, (92, 100)), (2, (60, 44))])
+@pytest.mark.parametrize(
+    "depth,shape", [(1, (18, 22)), (2, (44, 60)), (3, (92, 100)), (2, (60, 44))]
+)
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_valid_forward_shapes(depth, shape, batch_norm):
     model = UNet(2, 3, base_channels=2, depth=depth, padding="valid", batch_norm=batch_norm)
@@ -319,7 +322,8 @@ def test_same_forward_any_size_equals_mirror_pad_then_crop(shape, depth):
     with msn.no_grad():
         y = model(x).data
         step = 2**depth
-        padded = np.pad(x, ((0, 0), (0, 0), (0, -shape[0] % step), (0, -shape[1] % step)), "reflect")
+        bottom, right = -shape[0] % step, -shape[1] % step
+        padded = np.pad(x, ((0, 0), (0, 0), (0, bottom), (0, right)), "reflect")
         ref = model(padded).data[:, :, : shape[0], : shape[1]]
     assert y.shape == (2, 4) + shape and model.output_size(*shape) == shape
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
@@ -347,7 +351,10 @@ def test_invalid_size_names_the_nearest_valid_sizes(size):
         model.output_size(size, 572)
     msg = str(err.value)
     assert str(size) in msg
-    nums = [int(n) for n in re.search(r"nearest valid heights are (\d+)(?: or (\d+))?", msg).groups() if n]
+    found = re.search(
+        r"nearest valid heights are (\d+) and (\d+)|smallest valid height is (\d+)", msg
+    )
+    nums = [int(n) for n in found.groups() if n]
     for n in nums:
         assert closed_form_valid(n, 4)
     above = nums[-1]
@@ -388,7 +395,8 @@ def test_bad_constructor_arguments(kwargs, name):
 
 def test_registry_builds_both_variants():
     valid = models.create("unet-valid", num_classes=2, in_channels=1, base_channels=2)
-    assert valid.padding == "valid" and not valid.batch_norm and valid.output_size(572, 572) == (388, 388)
+    assert valid.padding == "valid" and not valid.batch_norm
+    assert valid.output_size(572, 572) == (388, 388)
     same = models.create("unet", num_classes=5, base_channels=2, depth=2)
     assert same.padding == "same" and same.batch_norm
     assert same(np.zeros((2, 3, 13, 9), np.float32)).shape == (2, 5, 13, 9)
@@ -456,7 +464,7 @@ def torch_unet(t, model):
     class Up(Block):
         def __init__(self, cin, p, bn):
             super().__init__(cin, cin // 2, p, bn)
-            self.upconv = tnn.ConvTranspose2d(cin, cin // 2, 2, stride=2)
+            self.upconv = tnn.ConvTranspose2d(cin, cin // 2, 2, stride=2, bias=not bn)
 
         def forward(self, x, skip):
             x = self.upconv(x)
@@ -470,7 +478,9 @@ def torch_unet(t, model):
             p = 1 if padding == "same" else 0
             self.step, self.same = 2**depth, padding == "same"
             w = [base * 2**i for i in range(depth + 1)]
-            self.contracting = tnn.ModuleList([Block(a, b, p, bn) for a, b in zip([cin] + w[:-2], w[:-1])])
+            self.contracting = tnn.ModuleList(
+                [Block(a, b, p, bn) for a, b in zip([cin] + w[:-2], w[:-1])]
+            )
             self.bottleneck = Block(w[-2], w[-1], p, bn)
             self.expanding = tnn.ModuleList([Up(c, p, bn) for c in reversed(w[1:])])
             self.final = tnn.Conv2d(w[0], k, 1)
@@ -539,7 +549,9 @@ def test_parity_with_pytorch(pt, padding, batch_norm, depth, shape, train, dtype
         ours, theirs = model.state_dict(), tm.state_dict()
         for k in ours:
             if "running" in k:
-                np.testing.assert_allclose(ours[k], theirs[k].numpy(), rtol=1e-4, atol=1e-6, err_msg=k)
+                np.testing.assert_allclose(
+                    ours[k], theirs[k].numpy(), rtol=1e-4, atol=1e-6, err_msg=k
+                )
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,8 +597,11 @@ def test_predict_tiled_valid_depth3_many_tiles():
     np.testing.assert_array_equal(out.argmax(0), ref.argmax(0))
 
 
-@pytest.mark.parametrize("depth,shape,tile", [(2, (61, 90), 8), (2, (61, 90), (16, 24)),
-                                              (2, (3, 5), 4), (3, (50, 33), 16), (2, (30, 30), None)])
+@pytest.mark.parametrize(
+    "depth,shape,tile",
+    [(2, (61, 90), 8), (2, (61, 90), (16, 24)), (2, (3, 5), 4), (3, (50, 33), 16),
+     (2, (30, 70), None)],
+)
 def test_predict_tiled_same_equals_whole_pass(depth, shape, tile):
     msn.manual_seed(14)
     model = UNet(3, 2, base_channels=2, depth=depth).eval()
@@ -624,3 +639,15 @@ def test_predict_tiled_bad_image(valid_unet):
         predict_tiled(valid_unet, np.zeros((20, 20), np.float32))
     with pytest.raises(TypeError, match="model"):
         predict_tiled(lambda x: x, np.zeros((2, 20, 20), np.float32))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (20, 3)])
+def test_predict_tiled_paper_geometry_on_images_smaller_than_the_halo(shape):
+    # Depth 4, halo 92: a one-tile image is mirrored many times over (np.pad's repeated reflect).
+    msn.manual_seed(18)
+    model = paper_unet(base_channels=1)
+    img = np.random.default_rng(19).random(shape, np.float32)
+    out = predict_tiled(model, img, tile=388)
+    ref = whole_mirrored_pass(model, img[None])
+    assert out.shape == (2,) + shape
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

@@ -59,7 +59,7 @@ class ExpandingBlock(ConvBlock):
 
     def __init__(self, cin: int, padding: int, batch_norm: bool) -> None:
         super().__init__(cin, cin // 2, padding, batch_norm)
-        self.upconv = nn.ConvTranspose2d(cin, cin // 2, 2, stride=2)
+        self.upconv = nn.ConvTranspose2d(cin, cin // 2, 2, stride=2, bias=not batch_norm)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = self.upconv(x)  # (N, c, 2h, 2w)
@@ -83,31 +83,32 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 class UNet(nn.Module):
-    """U-Net (Ronneberger, Fischer and Brox 2015): (N, in_channels, H, W) -> (N, num_classes, H', W').
+    """U-Net (Ronneberger et al. 2015): (N, in_channels, H, W) -> (N, num_classes, H', W') logits.
 
     ``padding="valid"`` is the paper's network: unpadded 3x3 convs, so every conv loses a pixel
     per side and the skips are centre-cropped. ``UNet(1, 2, padding="valid", batch_norm=False)``
     (base 64, depth 4) has the paper's 31,030,658 parameters and maps 572 x 572 to 388 x 388::
 
-        level       contracting (2 convs)        pool    expanding: up-conv, crop-and-concat, 2 convs
-        0          1 -> 64:   572 -> 570 -> 568   284    up 392; 568 cropped to 392; 128 -> 64:  390 -> 388
-        1         64 -> 128:  284 -> 282 -> 280   140    up 200; 280 cropped to 200; 256 -> 128: 198 -> 196
-        2        128 -> 256:  140 -> 138 -> 136    68    up 104; 136 cropped to 104; 512 -> 256: 102 -> 100
-        3        256 -> 512:   68 ->  66 ->  64    32    up  56;  64 cropped to  56; 1024 -> 512: 54 ->  52
-        bottleneck 512 -> 1024: 32 -> 30 -> 28, up-conv 1024 -> 512: 28 -> 56
-        final      1x1 conv 64 -> num_classes at 388 x 388
+        level  contracting: 2 convs (sizes)   pool  expanding: up-conv, crop and concat, 2 convs
+        0      1 -> 64:      572  570  568    284   392 (568 cropped);  128 -> 64:    390  388
+        1      64 -> 128:    284  282  280    140   200 (280 cropped);  256 -> 128:   198  196
+        2      128 -> 256:   140  138  136     68   104 (136 cropped);  512 -> 256:   102  100
+        3      256 -> 512:    68   66   64     32    56 (64 cropped);   1024 -> 512:   54   52
+        bottleneck  512 -> 1024: 32 30 28, then the up-conv to 512 channels: 28 -> 56 (level 3)
+        final  1x1 conv 64 -> num_classes: 388 x 388
 
-    An input passes only if every max-pool sees an even size: valid sizes are
-    ``input_size_for``'s answers (572 = 188 + 16 * 24 for depth 4; others get a ValueError naming
-    the nearest valid sizes); ``halo`` (92) pixels per side are lost, which overlap-tile inference
-    (:func:`predict_tiled`) fills by mirroring the image border.
+    An input passes only if every max-pool sees an even size: for depth 4 the valid sizes are
+    188, 204, ..., 572, ... (188 + 16k); any other size is a ValueError naming the nearest valid
+    ones, and ``input_size_for`` finds the one an output needs. ``halo`` (92) pixels per side are
+    lost, which overlap-tile inference (:func:`predict_tiled`) fills by mirroring the border.
 
     ``padding="same"`` (with batch norm: the everyday network) pads every conv by 1, so the path
     keeps the sizes 2^-level of the input; any input size works: it is mirror-padded (reflect) at
     the bottom and right to a multiple of 2^depth and the output is cropped back to H x W.
 
     Channels are ``base_channels * 2^level`` (the bottleneck ``base_channels * 2^depth``). Conv and
-    up-conv weights start as in the paper, Gaussian with std sqrt(2 / fan-in), biases at 0.
+    up-conv weights start as in the paper, Gaussian with std sqrt(2 / fan-in), biases at 0. With
+    batch norm no conv feeding a norm has a bias (the norm's shift would cancel it).
     """
 
     def __init__(self, in_channels: int, num_classes: int, base_channels: int = 64, depth: int = 4,
@@ -178,8 +179,8 @@ class UNet(nn.Module):
         x = as_tensor(x)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"{name}: UNet(in_channels={self.in_channels}) expects (N, {self.in_channels}, H, W), "
-                f"got shape {x.shape}"
+                f"{name}: UNet(in_channels={self.in_channels}) expects "
+                f"(N, {self.in_channels}, H, W), got shape {x.shape}"
             )
         if self.padding == "valid":
             self._valid_output(x.shape[2], x.shape[3], name)
@@ -204,15 +205,18 @@ class UNet(nn.Module):
     def _min_valid(self) -> int:
         """The smallest valid-mode input length; valid lengths are this plus multiples of 2^depth
         (every pool halves an even length, so all of them share one residue mod 2^depth)."""
-        s = 1
-        while self._out_1d(s) is None:
-            s += 1
-        return s
+        if "_min_valid_len" not in self.__dict__:
+            s = 1
+            while self._out_1d(s) is None:
+                s += 1
+            self._min_valid_len = s
+        return self._min_valid_len
 
     @property
     def halo(self) -> int:
         """Input pixels lost per side: ``(input - output) / 2``, 92 for the paper's net
-        (``6 * 2^depth - 4``: each 3x3 conv at level l costs 2^l input pixels); 0 when same-padded."""
+        (``6 * 2^depth - 4``: each 3x3 conv at level l costs 2^l input pixels); 0 when
+        same-padded."""
         if self.padding == "same":
             return 0
         s = self._min_valid
@@ -231,11 +235,12 @@ class UNet(nn.Module):
             o = self._out_1d(int(s))
             if o is None:
                 below, above = self._nearest_valid(int(s))
-                near = f"{below} or {above}" if below is not None else f"{above} (the smallest)"
+                near = (f"the nearest valid {axis}s are {below} and {above}" if below is not None
+                        else f"the smallest valid {axis} is {above}")
                 raise ValueError(
                     f"{name}: input {axis} {s} (of {h} x {w}) does not pass the valid-padded U-Net "
-                    f"of depth {self.depth}: every max-pool needs an even size; the nearest valid "
-                    f"{axis}s are {near}"
+                    f"of depth {self.depth} (every max-pool needs an even size, every conv 3 "
+                    f"pixels); {near}"
                 )
             out.append(o)
         return out[0], out[1]
@@ -300,14 +305,16 @@ _TILE_BUDGET_BYTES = 1 << 30
 def _tile_pair(tile: Any) -> Size:
     if isinstance(tile, (int, np.integer)) and not isinstance(tile, bool):
         tile = (tile, tile)
-    if (not isinstance(tile, (tuple, list)) or len(tile) != 2
-            or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t <= 0 for t in tile)):
+    def bad(t: Any) -> bool:
+        return isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t <= 0
+
+    if not isinstance(tile, (tuple, list)) or len(tile) != 2 or any(bad(t) for t in tile):
         raise ValueError(f"tile: must be a positive int or an (h, w) pair of them, got {tile!r}")
     return int(tile[0]), int(tile[1])
 
 
 def predict_tiled(model: UNet, image: Any, tile: int | Size | None = None) -> np.ndarray:
-    """Overlap-tile inference (the paper's Fig. 2): logits (K, H, W) for a (C, H, W) image of any size.
+    """Overlap-tile inference (the paper's Fig. 2): logits (K, H, W) of a (C, H, W) image, any size.
 
     ``tile`` is the output-tile size (an int or (h, w)); None picks the largest that keeps a tile's
     forward pass near 1 GiB, no larger than the image needs. Runs under ``no_grad`` in ``eval``
@@ -360,7 +367,8 @@ def predict_tiled(model: UNet, image: Any, tile: int | Size | None = None) -> np
             if t < smallest:
                 raise ValueError(f"tile: the {name} {t} is below the smallest output tile of this "
                                  f"U-Net that can step on the 2^{model.depth} grid, {smallest}")
-            t = min(t, model.input_size_for(n, n)[0] - 2 * halo)  # one tile covers the image
+            cover = model.input_size_for(n, n)[0] - 2 * halo  # one tile of this covers the image
+            t = min(t, max(cover, smallest))
             sizes.append(o_min + (t - o_min) // step * step)  # round down to a valid output size
         (th, tw) = sizes
         sh, sw = th - th % step, tw - tw % step
@@ -369,7 +377,9 @@ def predict_tiled(model: UNet, image: Any, tile: int | Size | None = None) -> np
         xs = [i * sw for i in range(1 + -(-max(W - tw, 0) // sw))]
         ext_h, ext_w = ys[-1] + th - H, xs[-1] + tw - W
         src = np.pad(img, ((0, 0), (halo, halo + ext_h), (halo, halo + ext_w)), mode="reflect")
-        windows = [((y, x), (y, y + th + 2 * halo, x, x + tw + 2 * halo), (0, 0)) for y in ys for x in xs]
+        # (output origin, input window rows a:b and columns c:d, offset of the output in it)
+        windows = [((y, x), (y, y + th + 2 * halo, x, x + tw + 2 * halo), (0, 0))
+                   for y in ys for x in xs]
     else:
         ph, pw = -H % step, -W % step
         src = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="reflect")  # as the forward pads
@@ -377,7 +387,7 @@ def predict_tiled(model: UNet, image: Any, tile: int | Size | None = None) -> np
         m = model._context()
         if tile is None:
             side = int(math.sqrt(_TILE_BUDGET_BYTES / per_pixel))
-            tile = P if P * Q <= side * side else max(side - 2 * m, step)
+            tile = (P, Q) if P * Q <= side * side else max(side - 2 * m, step)
         th, tw = _tile_pair(tile)
         if min(th, tw) < step:
             raise ValueError(f"tile: {(th, tw)} is below the 2^depth = {step} grid of this U-Net")
@@ -386,7 +396,8 @@ def predict_tiled(model: UNet, image: Any, tile: int | Size | None = None) -> np
         for y in range(0, P, th):
             for x in range(0, Q, tw):
                 y0, x0 = max(y - m, 0), max(x - m, 0)
-                windows.append(((y, x), (y0, min(y + th + m, P), x0, min(x + tw + m, Q)), (y - y0, x - x0)))
+                window = (y0, min(y + th + m, P), x0, min(x + tw + m, Q))
+                windows.append(((y, x), window, (y - y0, x - x0)))
 
     out = np.empty((K, H, W), dtype=dtype)
     was_training = model.training
@@ -487,7 +498,7 @@ def weight_map(
     sigma: float = 5.0,
     class_weights: Any = "balanced",
 ) -> np.ndarray:
-    """U-Net's per-pixel loss weight: ``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))``.
+    """U-Net's per-pixel loss weight ``w(x) = w_c(x) + w0 exp(-(d1(x) + d2(x))^2 / (2 sigma^2))``.
 
     instances: (H, W) integer instance ids, 0 = background, ids need not be consecutive. Use
     instance labels, not a labelled binary mask: labelling merges the touching cells this term
