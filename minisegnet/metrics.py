@@ -1,9 +1,19 @@
 """Segmentation metrics on integer label maps (pixels with a negative label are ignored).
 
-Confusion matrix ``N[i, j]`` = pixels of true class i predicted as j. Pixel accuracy =
+Semantic: confusion matrix ``N[i, j]`` = pixels of true class i predicted as j. Pixel accuracy =
 trace / total. ``IoU_i = N_ii / (sum_j N_ij + sum_j N_ji - N_ii)``; mIoU = nanmean over classes
-(a class absent from both prediction and target is NaN and skipped). Inputs may be NumPy or CuPy
-arrays or Tensors; results are NumPy values.
+(a class absent from both prediction and target is NaN and skipped).
+
+Instances, from label images: :func:`matching` (one-to-one by IoU: TP, FP, FN, precision, recall,
+F1, accuracy = TP / (TP + FP + FN), mean matched IoU; as ``stardist.matching``),
+:func:`matching_dataset` (pooled over images) and :func:`dsb_score` (the 2018 Data Science Bowl's
+accuracy averaged over IoU 0.5:0.05:0.95).
+
+Scored detections, boxes or masks: :func:`average_precision` (VOC's area under the precision
+envelope, or COCO's 101-point interpolation, at one IoU threshold) and :func:`coco_ap`
+(AP@[.5:.95], AP50, AP75); :func:`masks_from_instances` turns a label image into masks.
+
+Inputs may be NumPy or CuPy arrays or Tensors; results are NumPy/Python values.
 """
 
 from __future__ import annotations
@@ -192,10 +202,13 @@ def _stats(tp: int, n_true: int, n_pred: int, sum_iou: float, threshold: float) 
 
 
 def _check_threshold(t: Any, name: str = "threshold") -> float:
-    if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) \
-            or not 0 <= t <= 1:
+    try:
+        v = float(t)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(t, bool) or not 0 <= v <= 1:
         raise ValueError(f"{name}: must be a number in [0, 1], got {t!r}")
-    return float(t)
+    return v
 
 
 def matching(
@@ -226,8 +239,8 @@ def matching(
     """
     iou = _instance_iou(true_instances, pred_instances)
     n_true, n_pred = iou.shape
-    many = not np.isscalar(threshold) and not isinstance(threshold, (int, float))
-    ts = [_check_threshold(t) for t in (threshold if many else [threshold])]
+    many = np.ndim(threshold) > 0
+    ts = [_check_threshold(t) for t in (np.ravel(threshold) if many else [threshold])]
     out = []
     for t in ts:
         tp, sum_iou = _assign(iou, t)
