@@ -252,9 +252,12 @@ def test_patches_elastic_keeps_alignment(label_size):
     assert (yb == -1).any()  # displaced samples beyond the border are ignored, not invented
 
 
-@pytest.mark.parametrize("size, label_size", [(24, None), (40, 20), (64, None)])
-def test_elastic_sigma_zero_is_identity(size, label_size):
-    ds, H, W = _coordinate_set()  # 64 > H: a too-small image, padded
+@pytest.mark.parametrize("size, label_size, hw", [
+    (24, None, (37, 45)), (40, 20, (37, 45)), (64, None, (37, 45)),
+    (60, 20, (9, 14)),  # padding several times the image: mirrored again and again
+])
+def test_elastic_sigma_zero_is_identity(size, label_size, hw):
+    ds, H, W = _coordinate_set(*hw)  # size > H: a too-small image, padded
     a = data.patches(ds, size, 6, seed=5, elastic=False, label_size=label_size)
     b = data.patches(ds, size, 6, seed=5, elastic=0.0, label_size=label_size)
     for _ in range(3):
