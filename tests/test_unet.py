@@ -153,8 +153,8 @@ def test_weight_map_peaks_in_gaps_between_touching_nuclei(nuclei):
 
 
 def test_weight_map_nuclei_is_fast(nuclei):
-    # Measured on 2 shared cores: ~65 ms for the 512 x 512 image with 125 instances (10 ms for
-    # separate_touching); the bound leaves room for a loaded CI machine.
+    # Measured on 2 shared cores: 33-66 ms for the 512 x 512 image with 125 instances (7-12 ms
+    # for separate_touching); the bound leaves room for a loaded CI machine.
     import time
 
     inst = separate_touching(nuclei)

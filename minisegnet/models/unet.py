@@ -24,7 +24,7 @@ from ..backend import get_array_module, to_device, to_numpy
 from ..random import default_rng
 from ..tensor import Tensor, as_tensor, cat, no_grad
 
-__all__ = ["UNet", "predict_tiled", "weight_map", "separate_touching"]
+__all__ = ["UNet", "predict_tiled", "weight_map", "separate_touching", "weight_cutoff"]
 
 Size = tuple[int, int]
 
@@ -515,8 +515,8 @@ def weight_map(
     Returns float32 (H, W). Memory is a few H x W arrays whatever the number of instances: the
     nearest and second-nearest distances are running minima, updated per instance from a distance
     transform of a crop around it (its box grown by :func:`weight_cutoff`, beyond which the term
-    is below 1e-6), never an (H, W, N) stack. The 512 x 512 DSB2018 nuclei image (125 instances)
-    takes about 40 ms on one core here.
+    is below 1e-6), never an (H, W, N) stack. The 512 x 512 DSB2018 nuclei image (125 instances,
+    separated) took 33-66 ms here (2 shared cores; separate_touching 7-12 ms).
 
         inst = separate_touching(instances)
         w = weight_map(inst)              # pass as cross_entropy(..., weight=w[None])
