@@ -124,7 +124,8 @@ def _instance_iou(true: Any, pred: Any) -> np.ndarray:
 
     Pixels whose true label is negative are ignored (left out of both images). Ids are relabelled
     0..n by ``np.unique`` (0 stays background), then one ``bincount`` of the pixel pairs
-    ``(true id, pred id)`` gives the whole (n_true + 1, n_pred + 1) overlap table: no per-pair masks.
+    ``(true id, pred id)`` gives the whole (n_true + 1, n_pred + 1) overlap table, no per-pair
+    masks.
     """
     t = _instance_image(true, "true_instances")
     p = _instance_image(pred, "pred_instances")
@@ -233,9 +234,9 @@ def matching(
 
     Every ratio is 0 when TP = 0, also when both images are empty (stardist's convention, so
     these numbers equal ``stardist.matching.matching``'s; its ``mean_matched_score`` is our
-    ``mean_matched_iou``). Returns a dict with those keys plus ``threshold``, ``tp``, ``fp``, ``fn``,
-    ``n_true``, ``n_pred``; for a sequence of thresholds, a list of such dicts (the IoU table is
-    computed once).
+    ``mean_matched_iou``). Returns a dict with those keys plus ``threshold``, ``tp``, ``fp``,
+    ``fn``, ``n_true``, ``n_pred``; for a sequence of thresholds, a list of such dicts (the IoU
+    table is computed once).
     """
     iou = _instance_iou(true_instances, pred_instances)
     n_true, n_pred = iou.shape

@@ -291,7 +291,8 @@ def test_patches_seeded_and_weights_switch():
     pytest.importorskip("stardist")
     tr = data.load("nuclei")
     for kw in ({}, {"elastic": True}):
-        a, b = data.patches(tr, 64, 4, seed=[3, 1], **kw), data.patches(tr, 64, 4, seed=[3, 1], **kw)
+        a = data.patches(tr, 64, 4, seed=[3, 1], **kw)
+        b = data.patches(tr, 64, 4, seed=[3, 1], **kw)
         c = data.patches(tr, 64, 4, seed=[3, 2], **kw)
         for _ in range(3):
             ba, bb, bc = next(a), next(b), next(c)
@@ -306,13 +307,13 @@ def test_patches_seeded_and_weights_switch():
 def test_patches_bad_input():
     ds, H, W = _coordinate_set()
     with pytest.raises(ValueError, match="label_size"):
-        next(data.patches(ds, 24, 2, label_size=30))
+        data.patches(ds, 24, 2, label_size=30)
     with pytest.raises(ValueError, match="label_size"):
-        next(data.patches(ds, 24, 2, label_size=21))
+        data.patches(ds, 24, 2, label_size=21)
     with pytest.raises(ValueError, match="elastic"):
-        next(data.patches(ds, 24, 2, elastic=-1.0))
+        data.patches(ds, 24, 2, elastic=-1.0)
     with pytest.raises(ValueError, match="batch_size"):
-        next(data.patches(ds, 24, 0))
+        data.patches(ds, 24, 0)
     bad = SimpleNamespace(images=ds.images, labels=ds.labels[:, :10], weights=None)
     with pytest.raises(ValueError, match="labels"):
-        next(data.patches(bad, 24, 2))
+        data.patches(bad, 24, 2)

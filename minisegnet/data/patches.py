@@ -179,38 +179,41 @@ def patches(
         # label crop origin: inside the image, or anywhere the image fits inside a larger crop
         return int(rng.integers(min(0, extent - ls), max(0, extent - ls) + 1))
 
-    while True:
-        xb = np.empty((batch_size, C, size, size), np.float32)
-        yb = np.empty((batch_size, ls, ls), np.int64)
-        wb = None if wmap is None else np.empty((batch_size, ls, ls), np.float32)
-        for b in range(batch_size):
-            i = int(rng.integers(N))
-            y0, x0 = origin(H), origin(W)  # label crop origin in image coordinates
-            k, flip = (int(rng.integers(4)), bool(rng.integers(2))) if augment else (0, False)
-            if sigma is None:
-                ys, xs = y0 + py - halo, x0 + px - halo  # image crop in padded coordinates
-                x = img_p[i, :, ys:ys + size, xs:xs + size]
-                y = lab_p[i, ys + halo:ys + halo + ls, xs + halo:xs + halo + ls]
-                w = None if w_p is None else w_p[i, ys + halo:ys + halo + ls,
-                                                 xs + halo:xs + halo + ls]
-            else:
-                d = elastic_displacement(rng_el, size, sigma, points)  # (2, size, size)
-                cy = yy + (y0 - halo) + d[0]  # where each patch pixel samples the image
-                cx = xx + (x0 - halo) + d[1]
-                x = _bilinear(images[i], cy, cx, mirror=True)  # (C, size, size)
-                cy, cx = cy[inner], cx[inner]  # (ls, ls): the label crop's samples
-                y = _nearest(labels[i], cy, cx)
-                w = None
-                if wmap is not None:
-                    w = _bilinear(wmap[i][None], cy, cx, mirror=False)[0]
-                    w[y < 0] = 0.0
-            if k:
-                x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
-                w = None if w is None else np.rot90(w, k)
-            if flip:
-                x, y = x[..., ::-1], y[..., ::-1]
-                w = None if w is None else w[..., ::-1]
-            xb[b], yb[b] = x, y
-            if wb is not None:
-                wb[b] = w
-        yield xb, yb, wb
+    def batches() -> Iterator[Batch]:
+        while True:
+            xb = np.empty((batch_size, C, size, size), np.float32)
+            yb = np.empty((batch_size, ls, ls), np.int64)
+            wb = None if wmap is None else np.empty((batch_size, ls, ls), np.float32)
+            for b in range(batch_size):
+                i = int(rng.integers(N))
+                y0, x0 = origin(H), origin(W)  # label crop origin in image coordinates
+                k, flip = (int(rng.integers(4)), bool(rng.integers(2))) if augment else (0, False)
+                if sigma is None:
+                    ys, xs = y0 + py - halo, x0 + px - halo  # image crop in padded coordinates
+                    x = img_p[i, :, ys:ys + size, xs:xs + size]
+                    y = lab_p[i, ys + halo:ys + halo + ls, xs + halo:xs + halo + ls]
+                    w = None if w_p is None else w_p[i, ys + halo:ys + halo + ls,
+                                                     xs + halo:xs + halo + ls]
+                else:
+                    d = elastic_displacement(rng_el, size, sigma, points)  # (2, size, size)
+                    cy = yy + (y0 - halo) + d[0]  # where each patch pixel samples the image
+                    cx = xx + (x0 - halo) + d[1]
+                    x = _bilinear(images[i], cy, cx, mirror=True)  # (C, size, size)
+                    cy, cx = cy[inner], cx[inner]  # (ls, ls): the label crop's samples
+                    y = _nearest(labels[i], cy, cx)
+                    w = None
+                    if wmap is not None:
+                        w = _bilinear(wmap[i][None], cy, cx, mirror=False)[0]
+                        w[y < 0] = 0.0
+                if k:
+                    x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
+                    w = None if w is None else np.rot90(w, k)
+                if flip:
+                    x, y = x[..., ::-1], y[..., ::-1]
+                    w = None if w is None else w[..., ::-1]
+                xb[b], yb[b] = x, y
+                if wb is not None:
+                    wb[b] = w
+            yield xb, yb, wb
+
+    return batches()  # a generator made here: bad arguments fail at the call, not at next()
