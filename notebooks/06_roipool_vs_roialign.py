@@ -141,7 +141,10 @@ boxes = np.concatenate([xy, xy + wh], 1)  # (K, 4) xyxy in image pixels
 snapped = np.floor(boxes * scale + 0.5)
 region = np.concatenate([snapped[:, :2], snapped[:, 2:] + 1], 1) / scale  # what RoIPool reads
 edge_shift = np.abs(region - boxes)
-iou = np.diag(F.box_iou(Tensor(boxes), Tensor(region)).numpy())
+inter = np.prod(np.minimum(boxes[:, 2:], region[:, 2:]) - np.maximum(boxes[:, :2], region[:, :2]), 1)
+area = lambda b: np.prod(b[:, 2:] - b[:, :2], 1)  # noqa: E731
+iou = inter / (area(boxes) + area(region) - inter)  # pairwise: box k with its own region k
+assert np.allclose(iou[:100], np.diag(F.box_iou(Tensor(boxes[:100]), Tensor(region[:100])).numpy()))
 print(f"{n_boxes} boxes, stride 16: edges move {edge_shift.mean():.1f} px on average "
       f"(max {edge_shift.max():.1f}); IoU(true box, RoIPool's region) mean {iou.mean():.3f}, "
       f"min {iou.min():.3f}")
