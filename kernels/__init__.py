@@ -7,7 +7,8 @@ with the formula, the shapes and the versions it holds, then has these sections 
 2. shared per-element helpers: plain ``@numba.njit`` functions that both the CPU kernel and the
    ``@cuda.jit`` kernel call (one bilinear sample, one window max), so CPU and GPU share the math.
 3. **numpy**: vectorised NumPy (where a vectorised form is natural; otherwise absent).
-4. **numba**: ``@njit(parallel=True, cache=True)`` CPU kernels.
+4. **numba**: ``@parallel_njit(cache=True)`` CPU kernels (``kernels/_parallel.py``: Numba's
+   ``parallel=True``, safe to call from several Python threads at once).
 5. **cuda**: ``@cuda.jit`` kernels plus launchers. Launchers take NumPy *or* CuPy arrays (Numba moves
    NumPy arrays to the device and back, which is how the CUDA simulator and the tests run them) and
    allocate outputs with the input's array module. Backward kernels are gathers wherever the

@@ -35,6 +35,7 @@ import numpy as np
 from numba import cuda, prange
 
 from ._cuda import FLOAT_DTYPES, SIMULATOR, dev_empty, float_array, launch, to_dev, to_host_like, xp_of
+from ._parallel import parallel_njit
 
 Pair = tuple[int, int]
 
@@ -157,7 +158,7 @@ def adaptive_avg_pool2d_backward_numpy(gy: np.ndarray, input_size: Pair) -> np.n
 # =============================================================================================
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _adaptive_avg_pool2d_numba(x, y):
     N, C, OH, OW = y.shape
     for p in prange(N * C):
@@ -182,7 +183,7 @@ def _bin_tables(n, o):
     return first, last, length
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _adaptive_avg_pool2d_backward_numba(gy, gx):
     N, C, H, W = gx.shape
     OH, OW = gy.shape[2], gy.shape[3]

@@ -38,6 +38,7 @@ from numba import cuda, prange, types
 
 from ._cuda import (FLOAT_DTYPES, SIMULATOR, dev_empty, float_array, launch, to_dev, to_host_like,
                     xp_of)
+from ._parallel import parallel_njit
 from .max_pool2d import _tap_range, output_size
 
 Pair = tuple[int, int]
@@ -161,7 +162,7 @@ def avg_pool2d_backward_numpy(gy: np.ndarray, input_size: Pair, kernel_size: Pai
 _U = np.uint64  # unsigned offsets: no wraparound test per access (see kernels/max_pool2d.py)
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _avg_pool2d_numba(x, y, kh, kw, sh, sw, ph, pw):
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
@@ -192,7 +193,7 @@ def _avg_pool2d_numba(x, y, kh, kw, sh, sw, ph, pw):
                 yp[o0 + ow] = yp[o0 + ow] / scale
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _avg_pool2d_backward_numba(gy, gx, kh, kw, sh, sw, ph, pw):
     N, C, H, W = gx.shape
     for p in prange(N * C):

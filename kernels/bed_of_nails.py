@@ -33,6 +33,7 @@ import numpy as np
 from numba import cuda, prange, types
 
 from ._cuda import dev_empty, float_array, launch, to_dev, to_host_like
+from ._parallel import parallel_njit
 
 Pair = tuple[int, int]
 
@@ -107,7 +108,7 @@ def bed_of_nails_backward_numpy(gy: np.ndarray, scale: Pair) -> np.ndarray:
 # =============================================================================================
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _bed_of_nails_numba(x, y, sh, sw):
     P, H, W = x.shape
     OH, OW = y.shape[1], y.shape[2]
@@ -122,7 +123,7 @@ def _bed_of_nails_numba(x, y, sh, sw):
                     out[j * sw] = src[j]
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _bed_of_nails_backward_numba(gy, gx, sh, sw):
     P, H, W = gx.shape
     for p in prange(P):

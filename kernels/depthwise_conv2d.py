@@ -60,6 +60,7 @@ import numpy as np
 from numba import cuda, get_num_threads, njit, prange, types
 
 from ._cuda import THREADS, empty_like_module, float_array, launch, xp_of
+from ._parallel import parallel_njit
 
 Pair = tuple[int, int]
 
@@ -528,7 +529,7 @@ def _backward_weight_plane(part, P3, acc, xp, gyn, c, m, CC, sh, sw, ph, pw, dh,
                 part[o, p, q] = acc[p * KW + q].sum()
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _forward_numba(x, w, y, sh, sw, ph, pw, dh, dw, nthreads):
     N, C, H, W = x.shape
     CO, _, KH, KW = w.shape
@@ -546,7 +547,7 @@ def _forward_numba(x, w, y, sh, sw, ph, pw, dh, dw, nthreads):
             _forward_plane(y[n], x[n, c], w, c, m, sh, sw, ph, pw, dh, dw, P3)
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _backward_input_numba(gy, w, wf, gx, sh, sw, ph, pw, dh, dw, nthreads):
     N, C, H, W = gx.shape
     CO = min(w.shape[0], gy.shape[1])
@@ -582,7 +583,7 @@ def _backward_input_numba(gy, w, wf, gx, sh, sw, ph, pw, dh, dw, nthreads):
                                               dh, dw, Gp, G3)
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _backward_weight_numba(x, gy, gw, sh, sw, ph, pw, dh, dw, nthreads):
     N, C, H, W = x.shape
     CO, _, KH, KW = gw.shape

@@ -49,7 +49,7 @@ Versions in this file (one table ``IMPLS`` maps names to them, same signature fo
 * ``numpy``: the classic vectorised textbook im2col (one strided slice of the padded input per
   kernel tap, as in CS231n and "Deep Learning from Scratch"), and col2im as its adjoint (the same
   slices, accumulated with ``+=``). Also the baseline the benchmarks compare against.
-* ``numba``: ``@njit(parallel=True, cache=True)``, one thread per (n, c) plane. im2col copies each
+* ``numba``: ``@parallel_njit(cache=True)``, one thread per (n, c) plane. im2col copies each
   input row segment into its column row (the in-range span of each row is computed once, so the
   inner loop is a branch-free copy between 1-D views, which LLVM vectorises); col2im zeroes a
   plane (unless accumulating) and adds each tap's rows into it; one thread owns one plane, so the
@@ -76,6 +76,7 @@ import numpy as np
 from numba import cuda, prange, types
 
 from ._cuda import FLOAT_DTYPES, empty_like_module, float_array, launch
+from ._parallel import parallel_njit
 
 Pair = tuple[int, int]
 
@@ -302,7 +303,7 @@ def _col2im_plane(cols, n, c, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, x, accumul
 # Two drivers for each plane function: one thread per (n, c) plane on all cores (parallel=True),
 # and a single-threaded one that releases the GIL (nogil=True), for callers that run one block per
 # core themselves (the CPU conv2d: see minisegnet/_cpu_pool.py for why).
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _im2col_numba_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, cols):
     C = x.shape[1]
     for nc in prange(x.shape[0] * C):
@@ -316,7 +317,7 @@ def _im2col_serial_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, cols):
         _im2col_plane(x, nc // C, nc % C, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, cols)
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _col2im_numba_kernel(cols, kh, kw, sh, sw, ph, pw, dh, dw, r0, ow, x, accumulate):
     C = x.shape[1]
     for nc in prange(x.shape[0] * C):

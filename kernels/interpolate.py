@@ -67,6 +67,7 @@ import numpy as np
 from numba import cuda, prange, types
 
 from ._cuda import dev_empty, float_array, launch, to_dev, to_host_like
+from ._parallel import parallel_njit
 
 Pair = tuple[int, int]
 FPair = tuple[float, float]
@@ -350,7 +351,7 @@ def interpolate_bilinear_backward_numpy(gy: np.ndarray, in_size: Pair, scale: FP
 _ROWS = 16
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _resample_numba(x, y, hi, hw, wi, ww):
     """y = (along W) o (along H) x with per-axis tables hi/hw (OH, KH), wi/ww (OW, KW)."""
     P, H, W = x.shape
@@ -382,7 +383,7 @@ def _resample_numba(x, y, hi, hw, wi, ww):
                     out[ow] = ww[ow, 0] * row[wi[ow, 0]] + ww[ow, 1] * row[wi[ow, 1]]
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _resample_backward_numba(gy, gx, hs, hc, hwi, ws, wc, wwi):
     """gx[p,i,j] = sum_{a<hc[i]} sum_{b<wc[j]} hwi[i,a] wwi[j,b] gy[p, hs[i]+a, ws[j]+b]."""
     P, OH, OW = gy.shape

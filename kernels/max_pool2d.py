@@ -49,6 +49,7 @@ from numba import cuda, prange, types
 
 
 from ._cuda import FLOAT_DTYPES, SIMULATOR, dev_empty, float_array, launch, to_dev, to_host_like, xp_of
+from ._parallel import parallel_njit
 
 Pair = tuple[int, int]
 
@@ -256,7 +257,7 @@ def max_pool2d_backward_numpy(gy: np.ndarray, idx: np.ndarray, input_size: Pair,
 _U = np.uint64
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _max_pool2d_numba(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
@@ -306,7 +307,7 @@ def _max_pool2d_numba(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
                 ap[o0 + ow] = np.int64(arg)
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _max_pool2d_2x2_numba(x, y, idx):
     """kernel 2, stride 2, no padding (U-Net, SegNet, FCN): a balanced tree per window, which
     LLVM vectorises. The pairwise rule is associative in tap order, so the tree equals the scan:
@@ -342,7 +343,7 @@ def _max_pool2d_2x2_numba(x, y, idx):
                 ao[ow] = base + np.int64(2 * ow) + off
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _max_pool2d_backward_numba(gy, idx, gx):
     N, C, OH, OW = gy.shape
     HW = gx.shape[2] * gx.shape[3]
@@ -361,7 +362,7 @@ def _max_pool2d_backward_numba(gy, idx, gx):
                 g[_U(k)] += d[t]
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _max_pool2d_2x2_backward_numba(gy, idx, gx):
     """Non-overlapping 2x2 windows: each input pixel lies in exactly one window, so the scatter
     is a branch-free gather that writes every gx element once (no zeroing pass)."""

@@ -40,6 +40,7 @@ import numpy as np
 from numba import cuda, prange, types
 
 from ._cuda import FLOAT_DTYPES, SIMULATOR, dev_empty, float_array, launch, to_dev, to_host_like, xp_of
+from ._parallel import parallel_njit
 
 Pair = tuple[int, int]
 
@@ -123,7 +124,7 @@ def max_unpool2d_backward_numpy(gy: np.ndarray, idx: np.ndarray) -> np.ndarray:
 _U = np.uint64  # unsigned offsets: no wraparound test per access (see kernels/max_pool2d.py)
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _max_unpool2d_numba(xf, idxf, outf):
     NC, HW = xf.shape
     OHW = outf.shape[1]
@@ -138,7 +139,7 @@ def _max_unpool2d_numba(xf, idxf, outf):
                 o[_U(k)] = v[t]
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _max_unpool2d_backward_numba(gyf, idxf, gxf):
     NC, HW = gxf.shape
     OHW = gyf.shape[1]

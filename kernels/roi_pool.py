@@ -54,6 +54,7 @@ from numba import cuda, prange, types
 
 from ._cuda import (FLOAT_DTYPES, SIMULATOR, contiguous, dev_empty, float_array, launch, to_dev, to_host_like,
                     twins)
+from ._parallel import parallel_njit
 from .roi_align import _batch_of, _batch_of_dev, _transpose_into
 
 Pair = tuple[int, int]
@@ -241,7 +242,7 @@ def _pool_box(xf, H, W, b, rows, cols, tv, ti, tn, out_k, arg_k):
     _transpose_into(ti, arg_k.reshape(C, PH * PW))
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _roi_pool_numba(xf, H, W, boxes, scale, out, arg):
     # xf (N*H*W, C): x channels-last, one row per pixel; out, arg (K, C, PH, PW)
     N = xf.shape[0] // (H * W)
@@ -266,7 +267,7 @@ def _roi_pool_numba(xf, H, W, boxes, scale, out, arg):
         _pool_box(xf, H, W, b, rows, cols, tv, ti, tn, out[k], arg[k])
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _roi_pool_backward_numba(gy, arg, boxes, gx):
     # gy, arg (K, C, PH*PW); gx (N, C, H*W) zeroed: flat planes, so argmax indexes them directly
     N, C, HW = gx.shape

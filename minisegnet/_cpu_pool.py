@@ -16,6 +16,7 @@ The number of workers is Numba's thread count (``NUMBA_NUM_THREADS``, or
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -28,17 +29,23 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}
 _blas: list[Any] | None = None  # threadpoolctl controllers of the loaded BLAS libraries
+_blas_modules = -1  # len(sys.modules) when _blas was found: a new extension may bring a BLAS
 _blas_users = 0  # map_blocks calls in flight (from any thread): the limit is process-wide
-_blas_saved: list[int] = []
+_blas_saved: list[tuple[Any, int]] = []  # (library, its thread count) when the hold began
 _local = threading.local()  # .inside: this thread is running a map_blocks job
 
 
 def _forget_after_fork() -> None:
     """In a forked child the parent's pool threads do not exist: start afresh (a job queued on
-    the old pool would wait forever), with no BLAS hold in flight."""
+    the old pool would wait forever), with no BLAS hold in flight. A fork from one thread while
+    another was inside map_blocks would leave the child's BLAS on one thread for good (nobody
+    is left to end that hold): give it back the thread counts saved when the hold began."""
     global _lock, _blas_users
     _lock = threading.Lock()
     _pools.clear()
+    if _blas_users > 0:
+        for lib, n in _blas_saved:
+            lib.set_num_threads(n)
     _blas_users = 0
 
 
@@ -60,10 +67,14 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 
 def _blas_libraries() -> list[Any]:
-    global _blas
-    if _blas is None:
+    """The loaded BLAS libraries, looked up again whenever modules were imported since the last
+    look (SciPy, for one, loads its own OpenBLAS after NumPy's): a library missed here would
+    keep all its threads inside the pool's jobs."""
+    global _blas, _blas_modules
+    if _blas is None or len(sys.modules) != _blas_modules:
         from threadpoolctl import ThreadpoolController
 
+        _blas_modules = len(sys.modules)
         _blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
     return _blas
 
@@ -73,9 +84,8 @@ def _enter_single_threaded_blas() -> None:
     global _blas_users, _blas_saved
     with _lock:
         if _blas_users == 0:
-            libs = _blas_libraries()
-            _blas_saved = [lib.num_threads for lib in libs]
-            for lib in libs:
+            _blas_saved = [(lib, lib.num_threads) for lib in _blas_libraries()]
+            for lib, _ in _blas_saved:
                 lib.set_num_threads(1)
         _blas_users += 1
 
@@ -85,7 +95,7 @@ def _leave_single_threaded_blas() -> None:
     with _lock:
         _blas_users -= 1
         if _blas_users == 0:
-            for lib, n in zip(_blas_libraries(), _blas_saved):
+            for lib, n in _blas_saved:
                 lib.set_num_threads(n)
 
 

@@ -32,10 +32,13 @@ IMPLEMENTATIONS = ("reference", "numpy", "numba", "cuda")
 DEVICES = ("cpu", "cuda")
 
 # --------------------------------------------------------------------------------------------
-# Numba threading layer. Numba's default OpenMP layer busy-waits after a parallel region, and on
-# 2 cores a Numba parallel call next to a NumPy (BLAS) matmul was measured to cost a flat ~8 ms.
-# The workqueue layer never spins. It must be chosen before the first parallel kernel runs, so it
-# is set here, at import; a user's own NUMBA_THREADING_LAYER wins.
+# Numba threading layer, for speed only. Numba's default OpenMP layer busy-waits after a parallel
+# region, and on 2 cores a Numba parallel call next to a NumPy (BLAS) matmul was measured to cost
+# a flat ~8 ms. The workqueue layer never spins. It must be chosen before the first parallel
+# kernel runs, so it is set here, at import; a user's own NUMBA_THREADING_LAYER wins (set "tbb"
+# when your own parallel=True code runs in several threads: workqueue aborts on that). Thread
+# safety does not rest on the layer: minisegnet launches one parallel region at a time and runs
+# a contended call serially in its own thread (kernels/_parallel.py), whatever the layer.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     import numba
 
