@@ -187,7 +187,7 @@ fig.tight_layout()
 #
 # 1. Build `conv_matrix((1, 5, 5), w, stride=2)` for a 3x3 kernel of ones and sum the columns of
 #    its transpose. Which overlap map of the figure above do you get?
-# 2. A bilinear kernel (`minisegnet.nn.conv.bilinear_kernel(4, 4)`) with k=4, s=2, p=1 is what
+# 2. A bilinear kernel (`minisegnet.nn.bilinear_kernel(4, 4)`) with k=4, s=2, p=1 is what
 #    FCN initialises its upsampling with. Upsample the constant image with it: is the interior flat?
 #    Why does this kernel escape the checkerboard when a random 4x4 does not?
 # 3. Find kernel size, stride, padding and output_padding of a transposed conv that maps 7x7 to

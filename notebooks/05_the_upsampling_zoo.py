@@ -40,7 +40,6 @@ from skimage import data as skdata
 import minisegnet.functional as F
 import minisegnet.nn as nn
 from minisegnet import Tensor, optim
-from minisegnet.nn.conv import bilinear_kernel
 
 FAST = os.environ.get("MINISEGNET_FAST", "0") == "1"
 np.set_printoptions(precision=3, suppress=True, linewidth=120)
@@ -192,7 +191,7 @@ assert np.all((u == 0) | (u == hi))  # every non-zero value sits where it came f
 
 # %%
 deconv = nn.ConvTranspose2d(1, 1, 2 * S, stride=S, padding=S // 2, init="bilinear")
-print("bilinear taps along one axis:", bilinear_kernel(1, 2 * S)[0])
+print("bilinear taps along one axis:", nn.bilinear_kernel(1, 2 * S)[0])
 with_init = deconv(lo)
 b = S  # border pixels affected by the zero padding
 assert np.allclose(with_init.numpy()[..., b:-b, b:-b], bil_f.numpy()[..., b:-b, b:-b], atol=1e-6)
