@@ -25,11 +25,10 @@
 # 4. a depthwise separable conv (depthwise kxk, then 1x1) costs `k*k*C + C*O` weights instead of
 #    `k*k*C*O`: 75 against 432 for 3x3, 3 -> 16 channels, and is a plain conv with a factored kernel.
 #
-# Run at full size with `MINISEGNET_FAST=0 pytest tests/test_notebooks.py -k 03_`.
+# Everything here is small; `MINISEGNET_FAST` changes nothing (run it with
+# `pytest tests/test_notebooks.py -k 03_`).
 
 # %%
-import os
-
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -37,7 +36,6 @@ import minisegnet.functional as F
 import minisegnet.nn as nn
 from minisegnet import Tensor
 
-FAST = os.environ.get("MINISEGNET_FAST", "0") == "1"
 np.set_printoptions(linewidth=140, suppress=True)
 rng = np.random.default_rng(0)
 

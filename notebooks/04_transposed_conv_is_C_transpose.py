@@ -26,8 +26,8 @@
 # * resizing first (nearest) and then convolving spreads the work evenly, the remedy of Odena et
 #   al., "Deconvolution and checkerboard artifacts" (Distill, 2016).
 #
-# Notebook 02 built the 4x16 matrix `C` of this example from the im2col picture. Run at full size
-# with `MINISEGNET_FAST=0 pytest tests/test_notebooks.py -k 04_` (the sizes here are small anyway).
+# Notebook 02 built the 4x16 matrix `C` of this example from the im2col picture. Everything here
+# is small; `MINISEGNET_FAST` changes nothing (run it with `pytest tests/test_notebooks.py -k 04_`).
 
 # %%
 import matplotlib.pyplot as plt
