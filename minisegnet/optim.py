@@ -136,8 +136,11 @@ class Optimizer:
         for i, s in state_dict["state"].items():
             p = params[int(i)]
             xp = get_array_module(p.data)
+            # A 0-d array is a counter saved through a checkpoint: back to a Python number, or
+            # NumPy 2 would promote `lr / (1 - b1**step)` to float64 and round updates differently.
             self.state[p] = {
-                k: (xp.asarray(v).copy() if isinstance(v, np.ndarray) or hasattr(v, "shape") else v)
+                k: (v.item() if getattr(v, "ndim", None) == 0
+                    else xp.asarray(v).copy() if hasattr(v, "shape") else v)
                 for k, v in s.items()
             }
 
