@@ -112,3 +112,14 @@ try:
     gradcheck(lambda t: BadSquare()(t), [rng.standard_normal(5)])
 except AssertionError as e:
     print(e)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Build `y = (a * a).sum()` and predict `a.grad` before calling `backward`. Which function
+#    receives the gradient twice, and where is it added up?
+# 2. Write a `Function` for `exp` (forward and backward) and check it with `gradcheck`.
+# 3. Broadcast a bias of shape (1, 3, 1, 1) instead of (3, 1, 1). What shape does `bias.grad`
+#    have, and which axes did `sum_to` add over?
+# 4. Call `backward` twice with `retain_graph=True`. What happens to `a.grad`, and why is that the
+#    behaviour you want when two losses share a graph?

@@ -238,7 +238,8 @@ fig.tight_layout()
 # the left: the region RoIPool reads reaches further right and down than the box (the inclusive
 # `x2'`), so the object fills less of the patch's bottom-right. RoIAlign's masks follow the disk. The full story — a trained mask head on nuclei, masks pasted back
 # into the image and scored by mask AP — is notebook 12 (instance segmentation).
-#
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Change `box_img` until two of RoIPool's column bins overlap. Which `roi_w` and `PW` cause it?

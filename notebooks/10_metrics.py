@@ -324,7 +324,8 @@ fig.tight_layout()
 # every threshold; the split prediction finds both and loses them only where one pixel of erosion
 # costs more IoU than t allows. That is why U-Net's border weights (notebook 08) pay off in this
 # score while barely moving pixel accuracy.
-#
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Make the prediction of section 1 wrong on one *background* pixel instead. Which IoUs change?

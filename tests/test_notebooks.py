@@ -34,6 +34,19 @@ def test_notebook_numbers_are_unique():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_form(path):
+    """The form every notebook follows: a numbered title, checks of what it teaches, exercises."""
+    nb = jupytext.read(path)
+    md = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert md and md[0].startswith(f"# {path.name[:2]} — "), f"{path.name}: title '# NN — topic' first"
+    assert "assert " in code, f"{path.name}: no assert checks what the notebook teaches"
+    last = nb.cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## Exercises"), \
+        f"{path.name}: must end with a '## Exercises' cell"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("MINISEGNET_FAST", os.environ.get("MINISEGNET_FAST", "1"))
