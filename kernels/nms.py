@@ -27,7 +27,8 @@ Versions in this file (each checked against the reference by tests/test_nms.py):
 * cuda: box_iou, one thread per pair. nms with the IoU bitmask: after a host-side stable sort,
   one thread per (box i, block of 64 boxes) writes a 64-bit mask of the boxes j > i of that block
   that i would suppress; the greedy pass over the masks (K steps, each an OR of K/64 words) runs
-  on the host. No atomics; deterministic.
+  on the host. The K x K/64 mask is made and consumed in blocks of rows of at most
+  ``MASK_BYTES``, so device memory stays bounded for any K. No atomics; deterministic.
 
 Benchmark: ``python benchmarks/bench_nms.py``.
 """
@@ -213,15 +214,18 @@ def _box_iou_cuda(a, b, out):
                          b[j, 0], b[j, 1], b[j, 2], b[j, 3])
 
 
-def _nms_mask_cuda(boxes, thr, mask):
-    # boxes (K, 4) in score order; mask (K, ceil(K/64)) uint64: bit jj of mask[i, blk] is set
-    # when box j = blk*64 + jj (j > i) overlaps box i by more than thr
+def _nms_mask_cuda(boxes, thr, i0, mask):
+    # boxes (K, 4) in score order; mask (R, ceil(K/64)) uint64 for rows i0 .. i0+R-1: bit jj of
+    # mask[i - i0, blk] is set when box j = blk*64 + jj (j > i) overlaps box i by more than thr
     t = cuda.grid(1)
-    K, NB = mask.shape
-    if t >= K * NB:
+    R, NB = mask.shape
+    K = boxes.shape[0]
+    if t >= R * NB:
         return
-    i = t // NB
+    i = i0 + t // NB
     blk = t % NB
+    if i >= K:
+        return
     T = boxes.dtype.type
     th = T(thr)
     bits = np.uint64(0)
@@ -232,20 +236,27 @@ def _nms_mask_cuda(boxes, thr, mask):
                      boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3])
             if v > th:
                 bits |= np.uint64(1) << np.uint64(jj)
-    mask[i, blk] = bits
+    mask[i - i0, blk] = bits
 
 
 box_iou_cuda_kernel = cuda.jit(_box_iou_cuda)
 nms_mask_cuda_kernel = cuda.jit(_nms_mask_cuda)
 
 
+MASK_BYTES = 64 << 20
+"""Device memory for the suppression masks at a time: the full mask is K*K/8 bytes (1.25 GB for
+100,000 boxes), so it is computed and consumed in blocks of rows of at most this size."""
+
+
 @numba.njit(cache=True)
-def _nms_host_pass(mask, order, keep):
-    # the greedy pass over the suppression masks: K steps, each ORs one row of NB words
-    K, NB = mask.shape
-    removed = np.zeros(NB, np.uint64)
-    n = 0
-    for i in range(K):
+def _nms_host_pass(mask, i0, order, removed, keep, n):
+    # the greedy pass over the suppression masks of rows i0 .. i0+R-1: each step ORs one row of
+    # NB words into `removed`; returns the new count of kept boxes
+    R, NB = mask.shape
+    for r in range(R):
+        i = i0 + r
+        if i >= order.shape[0]:
+            break
         blk = i // MASK_BITS
         bit = np.uint64(1) << np.uint64(i % MASK_BITS)
         if removed[blk] & bit:
@@ -253,7 +264,7 @@ def _nms_host_pass(mask, order, keep):
         keep[n] = order[i]
         n += 1
         for w in range(blk, NB):
-            removed[w] |= mask[i, w]
+            removed[w] |= mask[r, w]
     return n
 
 
@@ -284,11 +295,16 @@ def nms_cuda(boxes, scores, iou_threshold: float):
         return xp.asarray(order)
     NB = (K + MASK_BITS - 1) // MASK_BITS
     sorted_boxes = xp.ascontiguousarray(boxes[xp.asarray(order)])  # (K, 4) in score order
-    mask = cuda.device_array((K, NB), np.uint64) if xp is np else xp.empty((K, NB), np.uint64)
-    launch(nms_mask_cuda_kernel, K * NB, to_dev(sorted_boxes), float(iou_threshold), mask)
-    host_mask = mask.copy_to_host() if xp is np else mask.get()
+    R = min(K, max(1, MASK_BYTES // (NB * 8)))  # rows per block of the mask
+    mask = cuda.device_array((R, NB), np.uint64) if xp is np else xp.empty((R, NB), np.uint64)
+    dev_boxes = to_dev(sorted_boxes)
+    removed = np.zeros(NB, np.uint64)
     keep = np.empty(K, np.int64)
-    n = _nms_host_pass(host_mask, order, keep)
+    n = 0
+    for i0 in range(0, K, R):
+        launch(nms_mask_cuda_kernel, R * NB, dev_boxes, float(iou_threshold), i0, mask)
+        host_mask = mask.copy_to_host() if xp is np else mask.get()
+        n = _nms_host_pass(host_mask, i0, order, removed, keep, n)
     return xp.asarray(keep[:n].copy())
 
 
@@ -315,5 +331,6 @@ IMPLS = {
 _MASK = types.Array(types.uint64, 2, "C")
 PTX = [
     (_box_iou_cuda, [(float_array(2, dt),) * 3 for dt in FLOAT_DTYPES]),
-    (_nms_mask_cuda, [(float_array(2, dt), types.float64, _MASK) for dt in FLOAT_DTYPES]),
+    (_nms_mask_cuda, [(float_array(2, dt), types.float64, types.int64, _MASK)
+                      for dt in FLOAT_DTYPES]),
 ]

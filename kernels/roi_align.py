@@ -18,7 +18,17 @@ Formula (SPEC "roi_align"; torchvision's CPU kernel is the model). For box k = [
     y[k, c, ph, pw] = (sum of the sample values) / count
 
 All coordinate arithmetic runs in the dtype of x (as torchvision does), so every implementation
-finds the same grid sizes and the same taps. A sample's validity and weights factor into a y part
+finds the same grid sizes and the same taps.
+
+Bounded work on absurd boxes. The adaptive grid grows with the box (a 1e9-pixel box has 5e8 x 5e8
+samples per bin of a 2x2 output), but only samples within one pixel of the map can add anything.
+A sample's coordinate moves monotonically with its index (each rounding step is monotone), so
+``_sample_range`` finds the samples of a bin that lie in [-1, size] by bisection, in O(log grid),
+and every implementation visits only those: the same sums in the same order as visiting all of
+them. With the adaptive grid samples are at least half a pixel apart, so a box costs at most
+O(C * (PH + 2H + 4) * (PW + 2W + 4)) work and the CPU tables O(PH + PW + 2(H + W) + 8) memory,
+whatever its size. ``count`` stays ``gh*gw``. The functional layer rejects a grid above
+``MAX_GRID`` per axis (its product must fit in int64). A sample's validity and weights factor into a y part
 and an x part (``_axis_taps``): w = (hy or ly) * (hx or lx), valid = valid_y and valid_x.
 
 Backward (boxes are constants: no gradient flows to them, as in torchvision)::
@@ -65,8 +75,14 @@ from numba import cuda, prange, types
 
 from ._cuda import (FLOAT_DTYPES, contiguous, dev_empty, float_array, launch, to_dev, to_host_like,
                     twins)
+from ._parallel import parallel_njit
 
 Pair = tuple[int, int]
+
+MAX_GRID = 2**31 - 1
+"""Largest sampling grid along one axis of a bin (the adaptive ``ceil(roi/P)`` or sampling_ratio):
+``count = gh*gw`` must fit in int64. Reached by boxes some 2^31 bins wide; functional.roi_align
+rejects them with a ValueError. The work of smaller grids is bounded (see the header)."""
 
 
 # =============================================================================================
@@ -115,11 +131,13 @@ def _bins_reference(T, box, H, W, PH, PW, scale, sampling_ratio, aligned):
     xs, bw, gw = _geometry_reference(T, box[1], box[3], scale, PW, sampling_ratio, aligned)
     count = max(gh * gw, 1)
     for ph in range(PH):
+        iy0, iy1 = _valid_samples_reference(T, ys, bh, gh, ph, H)  # the others add 0
         for pw in range(PW):
+            ix0, ix1 = _valid_samples_reference(T, xs, bw, gw, pw, W)
             samples = []
-            for iy in range(gh):
+            for iy in range(iy0, iy1):
                 y = ys + T(ph) * bh + (T(iy) + T(0.5)) * bh / T(gh)
-                for ix in range(gw):
+                for ix in range(ix0, ix1):
                     x = xs + T(pw) * bw + (T(ix) + T(0.5)) * bw / T(gw)
                     samples.append(_taps_reference(T, y, x, H, W))
             yield ph, pw, count, samples
@@ -221,6 +239,36 @@ def _sample_coord(T, start, bin_size, grid, p, i):
 _sample_coord, _sample_coord_dev = twins(_sample_coord)
 
 
+def _sample_range(T, start, bin_size, grid, p, size):
+    """(i0, i1): the samples of bin p whose coordinate lies in [-1, size], i0 <= i < i1; the others
+    add 0. The coordinate (``_sample_coord``'s expression, written out so that the CUDA twin
+    needs no call) is monotone in i, increasing for bin_size >= 0, so two bisections find them."""
+    if grid <= 0 or size <= 0 or not (bin_size >= T(0.0) or bin_size < T(0.0)):  # NaN bin
+        return 0, 0
+    up = bin_size >= T(0.0)
+    lo, hi = 0, grid
+    while lo < hi:  # i0: the first sample not before the map's near edge
+        mid = (lo + hi) // 2
+        v = start + T(p) * bin_size + (T(mid) + T(0.5)) * bin_size / T(grid)
+        if (v >= T(-1.0)) if up else (v <= T(size)):
+            hi = mid
+        else:
+            lo = mid + 1
+    i0, hi = lo, grid
+    while lo < hi:  # i1: the first sample past the far edge
+        mid = (lo + hi) // 2
+        v = start + T(p) * bin_size + (T(mid) + T(0.5)) * bin_size / T(grid)
+        if (v > T(size)) if up else (v < T(-1.0)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return i0, lo
+
+
+_valid_samples_reference = _sample_range  # the reference's use: plain Python (tests swap it)
+_sample_range, _sample_range_dev = twins(_sample_range)
+
+
 def _axis_taps(T, v, size):
     """One axis of a bilinear sample: (valid, low, high, w_low, w_high).
 
@@ -251,19 +299,27 @@ _axis_taps, _axis_taps_dev = twins(_axis_taps)
 
 @numba.njit(cache=True)
 def _axis_table(T, start, bin_size, grid, pooled, size):
-    """Per-axis tap table of one box: rows p*grid + i for bin p, sample i."""
-    n = pooled * grid
+    """Per-axis tap table of one box, for the samples that can add something: bin p's are rows
+    first[p] <= r < first[p + 1], in sample order (the others add 0 and get no row)."""
+    first = np.empty(pooled + 1, np.int64)
+    i0 = np.empty(pooled, np.int64)
+    n = 0
+    for p in range(pooled):
+        a, b = _sample_range(T, start, bin_size, grid, p, size)
+        first[p] = n
+        i0[p] = a
+        n += max(b - a, 0)
+    first[pooled] = n
     ok = np.empty(n, np.bool_)
     lo = np.empty(n, np.int64)
     hi = np.empty(n, np.int64)
     wl = np.empty(n, T)
     wh = np.empty(n, T)
     for p in range(pooled):
-        for i in range(grid):
-            r = p * grid + i
-            v = _sample_coord(T, start, bin_size, grid, p, i)
+        for r in range(first[p], first[p + 1]):
+            v = _sample_coord(T, start, bin_size, grid, p, i0[p] + r - first[p])
             ok[r], lo[r], hi[r], wl[r], wh[r] = _axis_taps(T, v, size)
-    return ok, lo, hi, wl, wh
+    return first, ok, lo, hi, wl, wh
 
 
 @numba.njit(cache=True)
@@ -302,19 +358,17 @@ def _align_box(xf, H, W, box, sc, sampling_ratio, aligned, tile, out_k):
     count = T(max(gh * gw, 1))
     gh = max(gh, 0)  # a negative grid (inverted aligned box) means no samples
     gw = max(gw, 0)
-    yok, ylo, yhi, ywl, ywh = _axis_table(T, ys, bh, gh, PH, H)
-    xok, xlo, xhi, xwl, xwh = _axis_table(T, xs, bw, gw, PW, W)
+    yfirst, yok, ylo, yhi, ywl, ywh = _axis_table(T, ys, bh, gh, PH, H)
+    xfirst, xok, xlo, xhi, xwl, xwh = _axis_table(T, xs, bw, gw, PW, W)
     base = b * H * W
     tile[:] = 0
     for ph in range(PH):
         for pw in range(PW):
             acc = tile[ph * PW + pw]  # (C,)
-            for iy in range(gh):
-                ry = ph * gh + iy
+            for ry in range(yfirst[ph], yfirst[ph + 1]):
                 if not yok[ry]:
                     continue
-                for ix in range(gw):
-                    rx = pw * gw + ix
+                for rx in range(xfirst[pw], xfirst[pw + 1]):
                     if not xok[rx]:
                         continue
                     w1 = ywl[ry] * xwl[rx]
@@ -332,7 +386,7 @@ def _align_box(xf, H, W, box, sc, sampling_ratio, aligned, tile, out_k):
     _transpose_into(tile, out_k.reshape(C, PH * PW))  # (PH*PW, C) -> (C, PH*PW)
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _roi_align_numba(xf, H, W, boxes, scale, sampling_ratio, aligned, out):
     # xf (N*H*W, C): x channels-last, one row per pixel; out (K, C, PH, PW)
     K, C, PH, PW = out.shape
@@ -357,24 +411,22 @@ def _align_box_backward(gy_k, box, sc, sampling_ratio, aligned, H, W, c0, gt, gf
     count = T(max(gh * gw, 1))
     gh = max(gh, 0)
     gw = max(gw, 0)
-    yok, ylo, yhi, ywl, ywh = _axis_table(T, ys, bh, gh, PH, H)
-    xok, xlo, xhi, xwl, xwh = _axis_table(T, xs, bw, gw, PW, W)
+    yfirst, yok, ylo, yhi, ywl, ywh = _axis_table(T, ys, bh, gh, PH, H)
+    xfirst, xok, xlo, xhi, xwl, xwh = _axis_table(T, xs, bw, gw, PW, W)
     _transpose_into(gy_k[c0:c0 + cw].reshape(cw, PH * PW), gt)  # (cw, PH*PW) -> (PH*PW, cw)
     # fold 1/count into the row weights once (the reference divides g*w by count per tap: the
     # two differ in the last bit only)
-    for r in range(PH * gh):
+    for r in range(ywl.shape[0]):
         ywl[r] /= count
         ywh[r] /= count
     base = b * H * W
     for ph in range(PH):
         for pw in range(PW):
             g = gt[ph * PW + pw]  # (cw,)
-            for iy in range(gh):
-                ry = ph * gh + iy
+            for ry in range(yfirst[ph], yfirst[ph + 1]):
                 if not yok[ry]:
                     continue
-                for ix in range(gw):
-                    rx = pw * gw + ix
+                for rx in range(xfirst[pw], xfirst[pw + 1]):
                     if not xok[rx]:
                         continue
                     w1 = ywl[ry] * xwl[rx]  # already divided by count
@@ -395,7 +447,7 @@ def _align_box_backward(gy_k, box, sc, sampling_ratio, aligned, H, W, c0, gt, gf
                         d4[c] += w4 * gc
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel_njit(cache=True)
 def _roi_align_backward_numba(gy, boxes, scale, sampling_ratio, aligned, H, W, nchunks, gf):
     # gy (K, C, PH, PW); gf (N*H*W, C) zeroed: gx channels-last, one row per pixel
     K, C, PH, PW = gy.shape
@@ -460,11 +512,13 @@ def _roi_align_cuda(x, boxes, scale, sampling_ratio, aligned, out):
     xs, bw, gw = _axis_geometry_dev(T, boxes[k, 1], boxes[k, 3], sc, PW, sampling_ratio, aligned)
     count = max(gh * gw, 1)
     acc = T(0.0)
-    for iy in range(gh):
+    iy0, iy1 = _sample_range_dev(T, ys, bh, gh, ph, H)  # the other samples add 0
+    ix0, ix1 = _sample_range_dev(T, xs, bw, gw, pw, W)
+    for iy in range(iy0, iy1):
         oky, yl, yh, hy, ly = _axis_taps_dev(T, _sample_coord_dev(T, ys, bh, gh, ph, iy), H)
         if not oky:
             continue
-        for ix in range(gw):
+        for ix in range(ix0, ix1):
             okx, xl, xh, hx, lx = _axis_taps_dev(T, _sample_coord_dev(T, xs, bw, gw, pw, ix), W)
             if okx:
                 acc += (hy * hx * x[b, c, yl, xl] + hy * lx * x[b, c, yl, xh]
@@ -492,11 +546,13 @@ def _roi_align_backward_cuda(gy, boxes, scale, sampling_ratio, aligned, gx):
     xs, bw, gw = _axis_geometry_dev(T, boxes[k, 1], boxes[k, 3], sc, PW, sampling_ratio, aligned)
     count = T(max(gh * gw, 1))
     g = gy[k, c, ph, pw]
-    for iy in range(gh):
+    iy0, iy1 = _sample_range_dev(T, ys, bh, gh, ph, H)  # the other samples add 0
+    ix0, ix1 = _sample_range_dev(T, xs, bw, gw, pw, W)
+    for iy in range(iy0, iy1):
         oky, yl, yh, hy, ly = _axis_taps_dev(T, _sample_coord_dev(T, ys, bh, gh, ph, iy), H)
         if not oky:
             continue
-        for ix in range(gw):
+        for ix in range(ix0, ix1):
             okx, xl, xh, hx, lx = _axis_taps_dev(T, _sample_coord_dev(T, xs, bw, gw, pw, ix), W)
             if okx:
                 cuda.atomic.add(gx, (b, c, yl, xl), g * (hy * hx) / count)
@@ -507,10 +563,6 @@ def _roi_align_backward_cuda(gy, boxes, scale, sampling_ratio, aligned, gx):
 
 roi_align_cuda_kernel = cuda.jit(_roi_align_cuda)
 roi_align_backward_cuda_kernel = cuda.jit(_roi_align_backward_cuda)
-
-
-
-
 
 
 def roi_align_cuda(x, boxes, output_size: Pair, spatial_scale: float, sampling_ratio: int,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 
 import minisegnet as msn
@@ -24,3 +27,22 @@ def assert_close(actual, expected, dtype=None, scale: float = 1.0, what: str = "
 
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+def run_with_memory_limit(setup: str, body: str, budget_mb: int = 1500,
+                          timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``setup`` (imports, warm-up calls: compiling is not what is measured), then cap the
+    child's address space at what it uses plus ``budget_mb`` (``RLIMIT_AS``), then run ``body``;
+    the child prints "ok" at the end. A runaway allocation fails inside the child, never the
+    machine. Returns the finished process (check ``returncode`` and ``stdout``)."""
+    code = "\n".join([
+        "import resource, numpy as np, minisegnet as msn, minisegnet.functional as F",
+        setup,
+        "vm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize'))",
+        f"cap = (vm + {int(budget_mb)} * 1024) * 1024",
+        "resource.setrlimit(resource.RLIMIT_AS, (cap, cap))",
+        body,
+        "print('ok')",
+    ])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, run_with_memory_limit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -132,8 +132,11 @@ def test_nms_worked_examples():
     assert empty.shape == (0,) and empty.dtype == np.int64
 
 
-def test_nms_across_mask_blocks(impl):
-    # More than 64 boxes: the CUDA version's 64-bit suppression masks span several blocks.
+@pytest.mark.parametrize("mask_bytes", [K.MASK_BYTES, 64])
+def test_nms_across_mask_blocks(impl, monkeypatch, mask_bytes):
+    # More than 64 boxes: the CUDA version's 64-bit suppression masks span several blocks; with
+    # 64 bytes of mask at a time it also makes and consumes them two or three rows at a time.
+    monkeypatch.setattr(K, "MASK_BYTES", mask_bytes)
     rng = np.random.default_rng(0)
     k = 70 if SIMULATOR else 150
     xy = rng.uniform(0, 30, (k, 2))
@@ -143,6 +146,31 @@ def test_nms_across_mask_blocks(impl):
         keep = F.nms(boxes, scores, 0.3).numpy()
     np.testing.assert_array_equal(keep, K.nms_reference(boxes, scores, 0.3))
     assert 1 < len(keep) < k
+
+
+HUGE = """
+rng = np.random.default_rng(0)
+k = 6000
+xy = rng.uniform(-1e30, 1e30, (k, 2)).astype(np.float32)  # areas overflow to inf: IoU NaN or 0
+xy[: k // 2] = rng.uniform(0, 500, (k // 2, 2))
+boxes = np.concatenate([xy, xy + rng.uniform(2, 40, (k, 2))], axis=1).astype(np.float32)
+scores = rng.random(k).astype(np.float32)
+keep = {}
+for impl in ("numba", "numpy"):
+    with msn.use_impl(impl):
+        keep[impl] = F.nms(boxes, scores, 0.5).numpy()
+assert np.array_equal(keep["numba"], keep["numpy"])
+"""
+CHECK = """
+assert k // 2 < len(keep["numba"]) < k, len(keep["numba"])  # the huge boxes are all kept
+"""
+
+
+def test_nms_of_many_huge_boxes_in_bounded_memory():
+    # 6,000 boxes, half with coordinates near 1e30, in 100 MB: no K x K matrix (144 MB) is built.
+    warm = HUGE.replace("k = 6000", "k = 50")
+    proc = run_with_memory_limit(warm, HUGE + CHECK, budget_mb=100, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 def test_matches_torchvision():

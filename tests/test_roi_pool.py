@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, run_with_memory_limit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -233,6 +233,34 @@ def test_gradcheck(impl, case):
     x = distinct(shape)  # no ties: the max is differentiable
     with msn.use_impl(impl):
         assert gradcheck(lambda t: F.roi_pool(t, np.array(boxes, float), out, scale), [x])
+
+
+HUGE = """
+x = np.random.default_rng(0).random((1, 2, 8, 8)).astype(np.float32)
+box = np.array([[0, 0, 0, 1e9, 1e9], [0, -1e12, -1e12, 1e12, 1e12], [0, -1e30, 3, 1e30, 4]],
+               np.float32)
+out = {}
+for impl in ("numba", "reference"):
+    with msn.use_impl(impl):
+        X = msn.Tensor(x, requires_grad=True)
+        y = F.roi_pool(X, box, 2)
+        y.sum().backward()
+        out[impl] = (y.numpy(), X.grad)
+"""
+CHECK = """
+(y, gx), (ry, rgx) = out["numba"], out["reference"]
+assert np.array_equal(y, ry) and np.array_equal(gx, rgx)
+assert np.array_equal(y[0, :, 0, 0], x[0].max(axis=(1, 2))) and not y[0, :, 1, :].any()
+"""
+
+
+def test_huge_boxes_cost_bounded_work_and_memory():
+    # Bins are clamped to the map before any pixel is visited: a 1e9- or 1e30-pixel box costs
+    # what a box over the whole map costs.
+    warm = HUGE.replace("1e9, 1e9], [0, -1e12, -1e12, 1e12, 1e12], [0, -1e30, 3, 1e30, 4]",
+                        "9, 9], [0, -1, -1, 1, 1], [0, -1, 3, 1, 4]")
+    proc = run_with_memory_limit(warm, HUGE + CHECK, budget_mb=1000, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 def test_matches_torchvision():

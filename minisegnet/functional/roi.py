@@ -206,7 +206,38 @@ def roi_align(input: Any, boxes: Boxes, output_size: IntOrPair, spatial_scale: f
     if not isinstance(aligned, (bool, np.bool_)):
         raise TypeError(f"{op}: aligned must be a bool, got {aligned!r}")
     rois = _rois(boxes, x, op)
+    _check_grid(rois, out, scale, int(sampling_ratio), bool(aligned), op)
     return RoIAlignFunction(rois, out, scale, int(sampling_ratio), bool(aligned))(x)
+
+
+def _check_grid(rois: Any, out: Pair, scale: float, sampling_ratio: int, aligned: bool,
+                op: str) -> None:
+    """ValueError for a sampling grid above ``MAX_GRID`` samples along an axis of a bin (their
+    product, the divisor, must fit in int64). Smaller grids cost bounded work however large the
+    box: the kernels visit only the samples near the map (``kernels/roi_align.py``)."""
+    limit = _align_kernels.MAX_GRID
+    if sampling_ratio > limit:
+        raise ValueError(f"{op}: sampling_ratio {sampling_ratio} is above the largest grid "
+                         f"{limit} per axis")
+    if sampling_ratio > 0 or rois.shape[0] == 0:
+        return
+    r = to_numpy(rois)
+    T = r.dtype.type
+    off = T(0.5) if aligned else T(0)
+    with np.errstate(over="ignore", invalid="ignore"):  # in x's dtype, as the kernels compute
+        for axis, (c1, c2, pooled) in enumerate(((2, 4, out[0]), (1, 3, out[1]))):
+            start = r[:, c1] * T(scale) - off
+            size = r[:, c2] * T(scale) - off - start
+            if not aligned:
+                size = np.maximum(size, T(1))
+            grid = np.ceil(size / T(pooled))
+            bad = ~(grid <= limit)  # also inf and NaN (a box beyond the dtype's range)
+            if bad.any():
+                k = int(np.argmax(bad))
+                raise ValueError(
+                    f"{op}: box {k} {r[k].tolist()} needs an adaptive sampling grid of "
+                    f"{float(grid[k]):.4g} samples per bin along {'yx'[axis]}, above the largest "
+                    f"{limit}: pass a positive sampling_ratio or clip the box")
 
 
 # ============================================================================================
