@@ -88,7 +88,7 @@ class MaskHead(nn.Module):
                  spatial_scale: float = 1.0, width: int = 256) -> None:
         super().__init__()
         self.in_channels = check_positive("in_channels", in_channels)
-        K = check_positive("num_classes", num_classes)
+        K = self.num_classes = check_positive("num_classes", num_classes)
         r = check_positive("roi_size", roi_size)
         w = check_positive("width", width)
         self.roi_align = nn.RoIAlign((r, r), spatial_scale, sampling_ratio=2, aligned=True)
@@ -105,6 +105,9 @@ class MaskHead(nn.Module):
             raise ValueError(f"features: MaskHead expects (N, {self.in_channels}, H, W), got shape "
                              f"{x.shape}")
         rows = _box_rows(boxes, x.shape[0])                      # (K, 5)
+        if len(rows) == 0:  # no boxes, no masks (the convs take no empty batch)
+            r = 2 * self.roi_align.output_size[0], 2 * self.roi_align.output_size[1]
+            return Tensor(get_array_module(x.data).zeros((0, self.num_classes, *r), x.dtype))
         h = self.roi_align(x, rows.astype(x.dtype))              # (K, C, 14, 14)
         for conv in (self.mask_fcn1, self.mask_fcn2, self.mask_fcn3, self.mask_fcn4):
             h = F.relu(conv(h))                                  # (K, width, 14, 14)
