@@ -89,8 +89,9 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
 def _check_names(model: str | None, data_name: str | None) -> None:
     from . import data, models
 
-    if model is not None and model not in models.list_models():
-        raise UsageError(f"--model: unknown model {model!r}; choose from {', '.join(models.list_models())}")
+    names = models.list_models() + ["maskhead"]  # maskhead: the instance pipeline (instance.py)
+    if model is not None and model not in names:
+        raise UsageError(f"--model: unknown model {model!r}; choose from {', '.join(names)}")
     if data_name is not None and data_name not in data.list_datasets():
         raise UsageError(f"--data: unknown dataset {data_name!r}; choose from {', '.join(data.list_datasets())}")
 
@@ -138,6 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(model=args.model, data=args.data, seed=args.seed, device=args.device, out=out,
                       weight_map=args.weight_map, elastic=args.elastic,
                       model_kwargs=dict(args.model_arg), **budget)
+    if cfg.model == "maskhead":  # instance segmentation: Mask R-CNN's mask head on proposals
+        from .instance import train
     try:
         result = train(cfg, resume=args.resume)
     except Interrupted as e:
