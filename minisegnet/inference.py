@@ -7,15 +7,28 @@ map into instance labels the way a model trained on U-Net's carved gaps needs: c
 components of each class (4-connected, so a one-pixel diagonal gap separates), tiny specks
 dropped, then the gaps between instances filled back from the nearest instance (the pixels
 ``separate_touching`` removed from the truth were the touching instances' own).
+
+``predict_dask`` runs the same overlap-tile scheme over a ``dask.array`` (images bigger than one
+machine's memory; extra ``minisegnet[dask]``): one Dask block per run of output tiles, each block
+read with the context its tiles need by ``map_overlap`` (mirrored at the image border), so its
+result equals ``predict_tiled``'s. It runs on any Dask scheduler, ``dask.distributed`` included,
+and writes to zarr without gathering: ``predict_dask(ckpt, "big.zarr").to_zarr("labels.zarr")``.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-__all__ = ["predict_image", "instances_from_semantic"]
+__all__ = ["predict_image", "instances_from_semantic", "predict_dask", "ModelSpec"]
 
 
 def predict_image(model: Any, image: Any, device: str = "cpu", tile: Any = None,
@@ -77,3 +90,399 @@ def instances_from_semantic(labels: Any, min_size: int = 8, grow: int = 1) -> np
         _, (iy, ix) = ndimage.distance_transform_edt(out == 0, return_indices=True)
         out = np.where(gap, out[iy, ix], out).astype(np.int32)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Images bigger than one machine: overlap-tile prediction on Dask
+#
+# The plan, per axis (rows shown; columns are the same): predict_tiled's output tiles of T
+# pixels start on the 2^depth grid at 0, s, 2s, ... (s = T rounded down to the grid; a
+# valid-padded net's tiles overlap by T - s, a later tile overwriting). A Dask block is a run of
+# k consecutive tiles (k tiles at least as long as the overlap depth, so Dask never rechunks);
+# its core is the output rows it owns, from its first tile's origin to the next block's:
+#
+#   image rows     -d ...  0 ............ y0 ..... y1 ............. H ... H+pb
+#   source         [mirror]|   image (float32, model's dtype)       |[mirror]
+#   block b reads          [y0-d ........ y0 ..... y1 ........ y1+d)   (map_overlap, depth d)
+#   its tiles read              [y-halo, y+T+halo)  for each tile origin y in [y0, y1)
+#
+# Valid-padded: d = halo + (T - s), the source is mirrored by d on top and at least d below
+# (np.pad's "reflect", repeated for an image shorter than that), so every tile reads exactly the
+# window predict_tiled gives it. Same-padded: d = the zero-padding reach m (UNet._context), the
+# image is mirrored below to the 2^depth grid as the forward pass does, and the outer border is
+# not extended (boundary "none"): tile windows are clipped to the image, as in predict_tiled.
+
+_DASK_HINT = "pip install 'minisegnet[dask]'"
+
+# Per process: how often a ModelSpec was unpickled and how often a model was built from one
+# (tests read them from every worker to check that the model travels once per worker).
+STATS = {"unpickled": 0, "built": 0}
+_MODELS: OrderedDict[str, Any] = OrderedDict()  # token -> built model, a few per process
+_MODELS_LOCK = threading.Lock()
+_MODELS_KEEP = 4
+
+
+def _import_dask() -> Any:
+    try:
+        import dask.array as da
+    except ImportError as e:
+        raise ImportError(f"predict_dask needs Dask and zarr: {_DASK_HINT} ({e})") from None
+    return da
+
+
+class ModelSpec:
+    """What a Dask worker needs to rebuild a U-Net: its constructor arguments, its weights (NumPy)
+    and ``token``, a hash of both. ``predict_dask`` puts one in the graph as a single key that
+    every block depends on, so a scheduler ships it to each worker once (the threaded scheduler
+    never copies it; ``dask.distributed`` sends it to a worker the first time one of its blocks
+    needs it). ``model()`` builds the network once per process (cached by token) and, in the
+    process that made the spec, returns a private copy of the original (no rebuild, no draw
+    from the random generator). Pickles to the arguments and weights only.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from dask.base import tokenize
+
+        from .models.unet import UNet
+
+        if not isinstance(model, UNet):
+            raise TypeError(f"model_or_checkpoint: predict_dask needs a UNet (or a checkpoint of "
+                            f"one), got {type(model).__name__}")
+        self.kwargs = {k: getattr(model, k) for k in
+                       ("in_channels", "num_classes", "base_channels", "depth", "padding",
+                        "batch_norm")}
+        self.state = dict(model.state_dict())  # NumPy copies: later training does not leak in
+        self.device = model.device
+        self.token = tokenize("minisegnet.UNet", self.kwargs, self.state)
+        local = copy.deepcopy(model)
+        local.load_state_dict(self.state)
+        self._model: Any = local.eval()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"kwargs": self.kwargs, "state": self.state, "device": self.device,
+                "token": self.token}
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
+        self._model = None
+        with _MODELS_LOCK:
+            STATS["unpickled"] += 1
+
+    def model(self) -> Any:
+        """The network in eval mode; built at most once per process for this token."""
+        if self._model is not None:
+            return self._model
+        with _MODELS_LOCK:
+            model = _MODELS.get(self.token)
+            if model is None:
+                from .models.unet import UNet
+
+                model = UNet(**self.kwargs)
+                model.load_state_dict(self.state)
+                model = model.to(self.device).eval()
+                STATS["built"] += 1
+                _MODELS[self.token] = model
+                while len(_MODELS) > _MODELS_KEEP:
+                    _MODELS.popitem(last=False)
+            _MODELS.move_to_end(self.token)
+            self._model = model
+        return model
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """The tiling of one image axis of length ``n`` (see the plan above). Tile i reads the
+    window ``windows[i]`` and owns output ``owns[i]``; its model output's first pixel is image
+    pixel ``windows[i][0] + lost`` (``lost`` = halo, 0 when same-padded). Block b owns output
+    ``cores[b]``, runs tiles ``tiles[b]`` and its overlapped source starts at image ``starts[b]``."""
+
+    n: int
+    tile: int
+    depth: int
+    pad_before: int
+    pad_after: int
+    lost: int
+    windows: tuple[tuple[int, int], ...]
+    owns: tuple[tuple[int, int], ...]
+    cores: tuple[tuple[int, int], ...]
+    tiles: tuple[tuple[int, ...], ...]
+    starts: tuple[int, ...]
+
+    def source_chunks(self) -> tuple[int, ...]:
+        c = [b - a for a, b in self.cores]
+        c[0] += self.pad_before
+        c[-1] += self.pad_after
+        return tuple(c)
+
+    def output_chunks(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in self.cores)
+
+
+def tile_sizes(model: Any, H: int, W: int, tile: Any = None) -> tuple[int, int]:
+    """The output tile (h, w) ``predict_tiled(model, image, tile)`` uses for an (H, W) image: the
+    same choice (1 GiB per forward pass when ``tile`` is None, rounded to the model's valid
+    sizes and the 2^depth grid, no larger than the image needs), so both runs tile alike.
+
+    (A copy of predict_tiled's rule, kept in step with it by tests/test_inference.py.)"""
+    from .models.unet import _TILE_BUDGET_BYTES, _tile_pair
+
+    step, per_pixel = 2**model.depth, 96 * model.base_channels
+    if model.padding == "valid":
+        halo = model.halo
+        o_min = model._out_1d(model._min_valid)
+        smallest = o_min + -(-(step - o_min) // step) * step if o_min < step else o_min
+        if tile is None:
+            tile = max(int(math.sqrt(_TILE_BUDGET_BYTES / per_pixel)) - 2 * halo, smallest)
+        sizes = []
+        for name, t, n in (("height", _tile_pair(tile)[0], H), ("width", _tile_pair(tile)[1], W)):
+            if t < smallest:
+                raise ValueError(f"tile: the {name} {t} is below the smallest output tile of this "
+                                 f"U-Net that can step on the 2^{model.depth} grid, {smallest}")
+            cover = model.input_size_for(n, n)[0] - 2 * halo
+            t = min(t, max(cover, smallest))
+            sizes.append(o_min + (t - o_min) // step * step)
+        return sizes[0], sizes[1]
+    P, Q = H + -H % step, W + -W % step
+    m = model._context()
+    if tile is None:
+        side = int(math.sqrt(_TILE_BUDGET_BYTES / per_pixel))
+        tile = (P, Q) if P * Q <= side * side else max(side - 2 * m, step)
+    th, tw = _tile_pair(tile)
+    if min(th, tw) < step:
+        raise ValueError(f"tile: {(th, tw)} is below the 2^depth = {step} grid of this U-Net")
+    return min(th - th % step, P), min(tw - tw % step, Q)
+
+
+def _mirror_index(i: np.ndarray, n: int) -> np.ndarray:
+    """np.pad's "reflect" as an index map: the periodic even extension (period 2(n - 1))."""
+    if n == 1:
+        return np.zeros_like(i)
+    p = 2 * (n - 1)
+    i = np.mod(i, p)
+    return np.where(i < n, i, p - i)
+
+
+def _axis_plan(model: Any, n: int, t: int) -> _Axis:
+    step = 2**model.depth
+    if model.padding == "valid":
+        halo, stride = model.halo, t - t % step
+        origins = [i * stride for i in range(1 + -(-max(n - t, 0) // stride))]
+        windows = [(y - halo, y + t + halo) for y in origins]
+        owns = [(y, min(nxt, n)) for y, nxt in zip(origins, origins[1:] + [n])]
+        depth = halo + (t - stride)
+        before, after, lost = depth, max(depth, origins[-1] + t + halo - n), halo
+    else:
+        P, m, stride = n + -n % step, model._context(), t
+        origins = list(range(0, P, t))
+        windows = [(max(y - m, 0), min(y + t + m, P)) for y in origins]
+        owns = [(y, min(y + t, n)) for y in origins]
+        depth, before, after, lost = m, 0, P - n, 0
+    k = max(1, -(-depth // stride))  # tiles per block: blocks at least as long as the depth
+    groups = [list(range(i, min(i + k, len(origins)))) for i in range(0, len(origins), k)]
+    # A short last block (its source shorter than the depth) joins the one before it.
+    if len(groups) > 1 and n - origins[groups[-1][0]] + after < depth:
+        groups[-2:] = [groups[-2] + groups[-1]]
+    cores = [(origins[g[0]], origins[groups[i + 1][0]] if i + 1 < len(groups) else n)
+             for i, g in enumerate(groups)]
+    starts = [-before if i == 0 else a - depth for i, (a, _) in enumerate(cores)]
+    return _Axis(n, t, depth, before, after, lost, tuple(windows), tuple(owns), tuple(cores),
+                 tuple(tuple(g) for g in groups), tuple(starts))
+
+
+def _mirror_extend(x: Any, axis: int, before: int, after: int) -> Any:
+    """Dask array ``x`` extended along ``axis`` by np.pad-style reflection."""
+    da = _import_dask()
+    if before == 0 and after == 0:
+        return x
+    n = x.shape[axis]
+    parts = []
+    for idx in (_mirror_index(np.arange(-before, 0), n), None, _mirror_index(np.arange(n, n + after), n)):
+        if idx is None:
+            parts.append(x)
+        elif len(idx):
+            parts.append(da.take(x, idx, axis=axis))
+    return da.concatenate(parts, axis=axis)
+
+
+def _label_dtype(num_classes: int) -> np.dtype:
+    return np.dtype(np.min_scalar_type(max(num_classes - 1, 0)))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0, as F.softmax computes it (shift by the maximum, exp, divide)."""
+    e = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
+def _predict_block(block: np.ndarray, rows: _Axis, cols: _Axis, output: str,
+                   spec: ModelSpec | None = None, block_id: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
+    """One Dask block: the block's tiles, one forward pass each (as predict_tiled runs them), then
+    labels, probabilities or logits of the block's core."""
+    from .backend import to_device, to_numpy
+    from .tensor import Tensor, no_grad
+
+    i, j = block_id[-2:]
+    model = spec.model()
+    dtype = next(iter(model.parameters())).dtype
+    block = block.astype(dtype, copy=False)  # (C, rows + overlap, cols + overlap)
+    (r0, r1), (c0, c1) = rows.cores[i], cols.cores[j]
+    rs, cs = rows.starts[i], cols.starts[j]
+    out = np.empty((model.num_classes, r1 - r0, c1 - c0), dtype)  # (K, rows, cols)
+    with no_grad():
+        for ti in rows.tiles[i]:
+            (a, b), (o, p) = rows.windows[ti], rows.owns[ti]
+            for tj in cols.tiles[j]:
+                (c, d), (q, r) = cols.windows[tj], cols.owns[tj]
+                inp = np.ascontiguousarray(block[None, :, a - rs : b - rs, c - cs : d - cs])
+                logits = model(Tensor(to_device(inp, model.device))).data[0]  # (K, h, w)
+                ya, xa = a + rows.lost, c + cols.lost  # image pixel of the output's (0, 0)
+                out[:, o - r0 : p - r0, q - c0 : r - c0] = to_numpy(
+                    logits[:, o - ya : p - ya, q - xa : r - xa])
+    if output == "labels":
+        return out.argmax(axis=0).astype(_label_dtype(model.num_classes))
+    if output == "probabilities":
+        return _softmax(out)
+    return out
+
+
+class _NpyFile:
+    """A ``.npy`` file as an array-like for ``da.from_array``: pickles as its path (a worker opens
+    its own memory map), never as the data."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        a = np.load(self.path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(np.load(self.path, mmap_mode="r")[key])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "shape": self.shape, "dtype": self.dtype, "ndim": self.ndim}
+
+
+def _is_zarr_path(path: str) -> bool:
+    p = path.rstrip("/\\")
+    return p.endswith(".zarr") or os.path.isfile(os.path.join(p, ".zarray")) or os.path.isfile(
+        os.path.join(p, "zarr.json"))
+
+
+def _open_image(image: Any) -> Any:
+    """A dask array (any chunks) for an image given as a dask array, an array or a file path."""
+    da = _import_dask()
+    if isinstance(image, da.Array):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if path.lower().endswith(".npy"):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"image: no such file {path!r}")
+            try:
+                f = _NpyFile(path)
+            except ValueError as e:
+                raise ValueError(f"image: cannot memory-map {path!r}: {e}") from None
+            return da.from_array(f, chunks=f.shape, asarray=True, fancy=False, lock=False,
+                                 name=f"npy-{f.path}-{os.path.getmtime(f.path)}")
+        if _is_zarr_path(path):
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"image: no such zarr array {path!r}")
+            try:
+                return da.from_zarr(path)
+            except Exception as e:  # noqa: BLE001 - a group, a broken store: one message
+                raise ValueError(f"image: {path!r} is not a zarr array ({type(e).__name__}: {e})") from None
+        raise ValueError(f"image: a path must name a .npy file or a zarr array, got {path!r}")
+    from .tensor import Tensor
+
+    a = image.data if isinstance(image, Tensor) else image
+    if type(a).__module__.startswith("cupy"):
+        a = a.get()
+    a = np.asarray(a)
+    return da.from_array(a, chunks=a.shape)
+
+
+def _checked_image(x: Any, model: Any) -> Any:
+    """(C, H, W) dask array of a real dtype for ``model``: a bad shape or dtype is an error here,
+    before any block runs."""
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"image: needs a real-valued array, got dtype {x.dtype}")
+    if x.ndim == 2 and model.in_channels == 1:
+        x = x[None]
+    if x.ndim != 3 or x.shape[0] != model.in_channels or min(x.shape) == 0:
+        raise ValueError(
+            f"image: expected (H, W) or ({model.in_channels}, H, W) for UNet(in_channels="
+            f"{model.in_channels}), got shape {tuple(x.shape)}"
+            if model.in_channels == 1 else
+            f"image: expected ({model.in_channels}, H, W) for UNet(in_channels="
+            f"{model.in_channels}), got shape {tuple(x.shape)}")
+    return x
+
+
+def predict_dask(model_or_checkpoint: Any, image: Any, tile: int | tuple[int, int] | None = None,
+                 output: str = "labels") -> Any:
+    """Overlap-tile prediction of an image of any size as a lazy ``dask.array``.
+
+    ``model_or_checkpoint``: a :class:`~minisegnet.models.unet.UNet` or the path of a training
+    checkpoint of one. ``image``: (H, W) or channel-first (C, H, W), as a ``dask.array``, a NumPy
+    array, a ``.npy`` file (memory-mapped by each worker) or a zarr array path; it is the network's
+    input (normalise it first, as for ``predict_tiled``). ``tile``: the output tile (int or (h, w))
+    of one forward pass, chosen as ``predict_tiled`` chooses it when None (about 1 GiB of
+    activations per pass).
+
+    Returns, lazily, ``output="labels"``: (H, W) class ids (uint8 up to 256 classes);
+    ``"probabilities"``: (K, H, W) float32 softmax; ``"logits"``: (K, H, W) raw scores.
+    Blocks are runs of output tiles on the 2^depth grid, read with their context by
+    ``dask.array.map_overlap`` (mirrored at the border exactly as ``predict_tiled`` mirrors), and
+    each tile is the forward pass ``predict_tiled`` runs for it, so the result equals
+    ``predict_tiled``'s (softmax/argmax of its logits) up to float rounding. An image smaller than
+    one tile is mirrored as ``predict_tiled`` mirrors it (one block). A worker holds a block and its
+    context, one tile's forward pass per thread and the model, whatever the image size.
+
+    The model is one key of the graph (a :class:`ModelSpec`), sent to each worker once. Compute
+    with any scheduler, or stream to disk without gathering::
+
+        labels = predict_dask("runs/unet-nuclei/best.npz", "big.zarr")
+        labels.to_zarr("labels.zarr")                       # threads, or the active Client
+        labels.compute(scheduler="processes")               # a local process pool
+
+    Needs ``pip install 'minisegnet[dask]'``.
+    """
+    da = _import_dask()
+    import dask
+
+    if output not in ("labels", "probabilities", "logits"):
+        raise ValueError(f"output: must be 'labels', 'probabilities' or 'logits', got {output!r}")
+    if isinstance(model_or_checkpoint, (str, os.PathLike)):
+        from .training import model_from_checkpoint
+
+        model_or_checkpoint, _ = model_from_checkpoint(os.fspath(model_or_checkpoint))
+    spec = model_or_checkpoint if isinstance(model_or_checkpoint, ModelSpec) else ModelSpec(
+        model_or_checkpoint)
+    model = spec.model()
+    x = _checked_image(_open_image(image), model)
+    C, H, W = (int(s) for s in x.shape)
+    th, tw = tile_sizes(model, H, W, tile)
+    rows, cols = _axis_plan(model, H, th), _axis_plan(model, W, tw)
+
+    x = x.rechunk((C, rows.output_chunks(), cols.output_chunks()))
+    src = _mirror_extend(x, 1, rows.pad_before, rows.pad_after)
+    src = _mirror_extend(src, 2, cols.pad_before, cols.pad_after)
+    src = src.rechunk((C, rows.source_chunks(), cols.source_chunks()))
+
+    K = model.num_classes
+    dtype = np.dtype(next(iter(model.parameters())).dtype)
+    if output == "labels":
+        out_dtype, chunks, extra = _label_dtype(K), (rows.output_chunks(), cols.output_chunks()), {
+            "drop_axis": 0}
+    else:
+        out_dtype, chunks, extra = (np.dtype(np.float32) if output == "probabilities" else dtype,
+                                    ((K,), rows.output_chunks(), cols.output_chunks()), {})
+    from dask.base import tokenize
+
+    key = dask.delayed(spec, name=f"minisegnet-model-{spec.token}", pure=True)
+    name = f"predict-dask-{tokenize(spec.token, src.name, rows, cols, output)}"
+    return da.map_overlap(
+        partial(_predict_block, rows=rows, cols=cols, output=output), src,
+        depth={0: 0, 1: rows.depth, 2: cols.depth}, boundary="none", trim=False,
+        allow_rechunk=False, chunks=chunks, dtype=out_dtype,
+        meta=np.empty((0,) * len(chunks), out_dtype), name=name, spec=key, **extra,
+    )
