@@ -13,8 +13,10 @@ truncated checkpoint behind.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -89,13 +91,48 @@ def save(obj: Any, path: str | os.PathLike[str]) -> None:
         raise
 
 
+_UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+               pickle.UnpicklingError)  # what NumPy and zipfile raise on a damaged or foreign file
+
+
 def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a checkpoint written by :func:`save`: a dict of dotted name -> NumPy array, in order.
 
-    No pickle is involved (``allow_pickle=False``): loading an untrusted file runs no code.
+    No pickle is involved (``allow_pickle=False``): loading an untrusted file runs no code. A file
+    that is not such a checkpoint (truncated, corrupt, not a zip of ``.npy`` arrays, or holding
+    pickled objects) is a ValueError naming the file.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"path: no checkpoint at {path!r}")
-    with np.load(path, allow_pickle=False) as z:
-        return {name: z[name] for name in z.files}
+
+    def not_a_checkpoint(reason: str | BaseException, entry: str = "") -> ValueError:
+        if isinstance(reason, BaseException):
+            if isinstance(reason, ValueError) and "pickle" in str(reason):
+                reason = "it holds pickled Python objects, which are never loaded (they can run code)"
+            else:
+                reason = f"{type(reason).__name__}: {reason}"
+        if entry:
+            reason = f"entry {entry!r}: {reason}"
+        return ValueError(f"path: {path!r} is not a minisegnet checkpoint (an .npz of arrays "
+                          f"written by msn.save): {reason}")
+
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (PermissionError, IsADirectoryError):
+        raise
+    except _UNREADABLE as e:
+        raise not_a_checkpoint(e) from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise not_a_checkpoint(f"it holds a single {type(z).__name__}, not a zip of named arrays")
+    out: dict[str, np.ndarray] = {}
+    with z:
+        for name in z.files:
+            try:
+                value = z[name]
+            except _UNREADABLE as e:
+                raise not_a_checkpoint(e, name) from e
+            if not isinstance(value, np.ndarray):
+                raise not_a_checkpoint("not a .npy array", name)
+            out[name] = value
+    return out

@@ -104,3 +104,51 @@ def test_save_load_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="path"):
         msn.load(tmp_path / "missing.npz")
     assert os.listdir(tmp_path) == []
+
+
+def _truncated(path, good):
+    data = good.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _bit_flipped(path, good):
+    data = bytearray(good.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside the stored (uncompressed) array data: a CRC mismatch
+    path.write_bytes(bytes(data))
+
+
+def _pickled_object(path, good):
+    np.savez(path, w=np.ones(3), meta=np.array([{"run": 1}], dtype=object))  # pickles "meta"
+
+
+def _single_array(path, good):
+    with open(path, "wb") as f:
+        np.save(f, np.ones(3))
+
+
+def _not_an_array(path, good):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("notes.txt", "hello")
+
+
+CORRUPT = {
+    "truncated": _truncated, "bit flipped": _bit_flipped, "pickled object": _pickled_object,
+    "single .npy": _single_array, "zip of text": _not_an_array,
+    "empty": lambda path, good: path.write_bytes(b""),
+    "text": lambda path, good: path.write_text("not a checkpoint\n"),
+    "pickle": lambda path, good: path.write_bytes(__import__("pickle").dumps({"w": [1.0]})),
+}
+
+
+@pytest.mark.parametrize("damage", list(CORRUPT), ids=list(CORRUPT))
+def test_a_damaged_or_foreign_file_is_a_value_error_naming_it(tmp_path, damage):
+    good = tmp_path / "good.npz"
+    msn.save({"w": np.arange(4096.0), "b": np.ones(3)}, good)
+    path = tmp_path / "bad.npz"
+    CORRUPT[damage](path, good)
+    with pytest.raises(ValueError, match="not a minisegnet checkpoint") as info:
+        msn.load(path)
+    assert str(path) in str(info.value)
+    assert "allow_pickle" not in str(info.value)  # our words, not NumPy's
