@@ -3,10 +3,11 @@
 ``predict_image`` runs one (C, H, W) image through a model: whole, or with U-Net's overlap-tile
 scheme (:func:`minisegnet.models.unet.predict_tiled`) where the network needs it (a valid-padded
 U-Net always; a same-padded one past ``max_pixels``). ``instances_from_semantic`` turns a class
-map into instance labels the way a model trained on U-Net's carved gaps needs: connected
-components of each class (4-connected, so a one-pixel diagonal gap separates), tiny specks
-dropped, then the gaps between instances filled back from the nearest instance (the pixels
-``separate_touching`` removed from the truth were the touching instances' own).
+map (and the class probabilities) into instance labels the way a model trained on U-Net's
+carved gaps needs: seeds where the network is sure, grown back over the class's pixels by a
+watershed on its probability, tiny specks dropped, then the gaps between instances filled back
+from the nearest instance (the pixels ``separate_touching`` removed from the truth were the
+touching instances' own).
 
 ``predict_dask`` runs the same overlap-tile scheme over a ``dask.array`` (images bigger than one
 machine's memory; extra ``minisegnet[dask]``): one Dask block per run of output tiles, each block
@@ -55,22 +56,37 @@ def predict_image(model: Any, image: Any, device: str = "cpu", tile: Any = None,
         model.train(was_training)
 
 
-def instances_from_semantic(labels: Any, min_size: int = 8, grow: int = 1) -> np.ndarray:
+def instances_from_semantic(labels: Any, probs: Any = None, interior: float = 0.9,
+                            min_size: int = 8, grow: int = 1) -> np.ndarray:
     """Instance labels (H, W) int32, 0 = background, from a class map (H, W) (0 = background).
 
-    Connected components (4-connectivity) of each foreground class; components under
-    ``min_size`` pixels are dropped; then each background pixel that has two different
-    instances within ``grow`` pixels (a carved gap) joins the nearest instance.
+    Without ``probs``: connected components (4-connectivity) of each foreground class.
+    With ``probs`` (K, H, W), the grow-back of interiors: the seeds are the connected components
+    of the pixels the network is sure of (``probs[c] > interior``), and each seed grows over
+    its class's pixels by a watershed on ``1 - probs[c]``, so a narrow low-confidence neck,
+    which a network trained with U-Net's border weights learns to put between touching objects,
+    becomes a border even where argmax did not cut it; pixels no seed reaches keep their own
+    connected component. Either way components under ``min_size`` pixels are dropped, then
+    each background pixel with two different instances within ``grow`` pixels (a carved gap)
+    joins the nearest instance. (``interior=0.9`` was chosen on the nuclei *train* half.)
     """
     from scipy import ndimage
 
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels: expected a 2-D class map, got shape {labels.shape}")
+    if probs is not None:
+        probs = np.asarray(probs)
+        if probs.ndim != 3 or probs.shape[1:] != labels.shape or probs.shape[0] <= labels.max():
+            raise ValueError(f"probs: expected (K, H, W) with (H, W) = {labels.shape} and K above "
+                             f"the largest label {labels.max()}, got shape {probs.shape}")
     out = np.zeros(labels.shape, np.int32)
     n = 0
     for c in np.unique(labels[labels > 0]):
-        comp, k = ndimage.label(labels == c)
+        mask = labels == c
+        comp, k = ndimage.label(mask)
+        if probs is not None:
+            comp, k = _grow_interiors(mask, probs[c], interior, comp, k)
         if k == 0:
             continue
         sizes = np.bincount(comp.ravel(), minlength=k + 1)
@@ -90,6 +106,29 @@ def instances_from_semantic(labels: Any, min_size: int = 8, grow: int = 1) -> np
         _, (iy, ix) = ndimage.distance_transform_edt(out == 0, return_indices=True)
         out = np.where(gap, out[iy, ix], out).astype(np.int32)
     return out
+
+
+def _grow_interiors(mask: np.ndarray, p: np.ndarray, interior: float, comp: np.ndarray,
+                    k: int) -> tuple[np.ndarray, int]:
+    """Seeds = components of ``p > interior`` inside ``mask``, grown over ``mask`` by watershed."""
+    from scipy import ndimage
+
+    seeds, s = ndimage.label(mask & (p > interior))
+    if s == 0:
+        return comp, k
+    try:  # scikit-image's watershed (the data extra): a float priority queue
+        from skimage.segmentation import watershed
+
+        grown = watershed(1.0 - p, seeds, mask=mask)
+    except ImportError:  # SciPy's image-foresting transform on 16-bit levels
+        markers = np.where(mask, seeds, -1).astype(np.int32)
+        grown = ndimage.watershed_ift(np.round((1.0 - p) * 65535).astype(np.uint16), markers)
+        grown[~mask | (grown < 0)] = 0
+    # components without a seed keep their own label, after the seeds' ids
+    orphan = mask & (grown == 0)
+    extra, e = ndimage.label(orphan)
+    grown = np.where(orphan, extra + s, grown)
+    return grown.astype(np.int32), s + e
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,9 +519,110 @@ def predict_dask(model_or_checkpoint: Any, image: Any, tile: int | tuple[int, in
 
     key = dask.delayed(spec, name=f"minisegnet-model-{spec.token}", pure=True)
     name = f"predict-dask-{tokenize(spec.token, src.name, rows, cols, output)}"
-    return da.map_overlap(
+    result = da.map_overlap(
         partial(_predict_block, rows=rows, cols=cols, output=output), src,
         depth={0: 0, 1: rows.depth, 2: cols.depth}, boundary="none", trim=False,
         allow_rechunk=False, chunks=chunks, dtype=out_dtype,
         meta=np.empty((0,) * len(chunks), out_dtype), name=name, spec=key, **extra,
     )
+    # zarr needs equal chunks but the last: a last block merged into its neighbour is split again.
+    if not all(_regular(c) for c in result.chunks):
+        result = result.rechunk(tuple(c[0] for c in result.chunks))
+    return result
+
+
+def _regular(chunks: tuple[int, ...]) -> bool:
+    return all(c == chunks[0] for c in chunks[:-1]) and chunks[-1] <= chunks[0]
+
+
+def normalize_lazy(x: Any, normalization: dict[str, Any], max_samples: int = 1 << 24) -> Any:
+    """:func:`minisegnet.data.normalize` for a (C, H, W) dask array, lazily except for the
+    percentiles: ``"range"`` is elementwise (exact); ``"percentile"`` takes the image's
+    percentiles from every pixel up to ``max_samples`` pixels (then identical to ``normalize``)
+    and from an even strided subsample of about that many beyond (computed now, with the
+    scheduler in use)."""
+    if not isinstance(normalization, dict) or "method" not in normalization:
+        raise TypeError(f"normalization: expected a dict with a 'method', got {normalization!r}")
+    method, clip = normalization["method"], normalization.get("clip", True)
+    xf = x.astype(np.float64)
+    if method == "percentile":
+        s = max(1, math.ceil(math.sqrt(x.size / max_samples)))
+        sample = np.asarray(xf[:, ::s, ::s].compute())
+        lo, hi = np.percentile(sample, [normalization["low"], normalization["high"]])
+    elif method == "range":
+        if x.dtype.kind in "iu":
+            xf = xf / np.iinfo(x.dtype).max
+        lo, hi = normalization["low"], normalization["high"]
+    else:
+        raise ValueError(f"normalization: unknown method {method!r} (expected 'percentile' or "
+                         f"'range')")
+    xf = (xf - lo) / max(hi - lo, 1e-12)
+    if clip:
+        xf = xf.clip(0.0, 1.0)
+    return xf.astype(np.float32)
+
+
+def predict_to_zarr(checkpoint: str, image: Any, out: str, scheduler: str | None = None,
+                    tile: Any = None, progress: bool = False, connect_timeout: float | None = None,
+                    ) -> tuple[int, int]:
+    """``minisegnet predict --scheduler ...``: labels of one raw image written to the zarr array
+    ``out`` block by block, never gathered. The image (a ``.npy``/zarr path or an array) is
+    normalised as the checkpoint's training data was (:func:`normalize_lazy`); a colour image for
+    a one-channel model is averaged over its first three channels, as the in-memory path does.
+
+    ``scheduler``: None or "threads" (Dask's threads), "processes" (a local process pool), or a
+    ``dask.distributed`` scheduler address ("tcp://host:8786"; connecting gives up after
+    ``connect_timeout`` seconds, Dask's ``distributed.comm.timeouts.connect`` when None; its
+    workers must see ``out`` and the image path). ``progress``: a bar over the blocks (Dask's
+    ``ProgressBar`` locally, ``distributed.progress`` on a cluster). Returns (H, W)."""
+    import dask
+
+    _import_dask()
+    from .training import model_from_checkpoint
+
+    model, meta = model_from_checkpoint(checkpoint)
+    x = _open_image(image)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim == 3 and model.in_channels == 1 and x.shape[0] in (3, 4):
+        x = x[:3].astype(np.float64).mean(axis=0, keepdims=True)  # colour picture, grey model
+    _checked_image(x, model)
+    if isinstance(image, (str, os.PathLike)) and os.path.abspath(out) == os.path.abspath(image):
+        raise ValueError(f"out: {out!r} is the input image")
+
+    client = None
+    if scheduler not in (None, "threads", "processes", "sync", "synchronous"):
+        try:
+            from distributed import Client
+        except ImportError as e:
+            raise ImportError(f"--scheduler ADDRESS needs dask.distributed: {_DASK_HINT} ({e})") from None
+        timeout = connect_timeout if connect_timeout is not None else dask.config.get(
+            "distributed.comm.timeouts.connect")
+        try:
+            client = Client(scheduler, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError) as e:
+            raise ConnectionError(f"scheduler: cannot reach a Dask scheduler at {scheduler!r} "
+                                  f"within {timeout} ({type(e).__name__}: {e})".splitlines()[0]) from None
+    try:
+        with dask.config.set(scheduler=client if client is not None else (scheduler or "threads")):
+            x = normalize_lazy(x, meta["normalization"])
+            labels = predict_dask(model, x, tile=tile)
+            store = labels.to_zarr(out, overwrite=True, compute=False)
+            if client is not None:
+                fut = client.compute(store)
+                if progress:
+                    from distributed import progress as dist_progress
+
+                    dist_progress(fut)
+                fut.result()
+            elif progress:
+                from dask.diagnostics import ProgressBar
+
+                with ProgressBar(dt=1.0):
+                    store.compute()
+            else:
+                store.compute()
+    finally:
+        if client is not None:
+            client.close()
+    return int(labels.shape[0]), int(labels.shape[1])

@@ -60,8 +60,11 @@ def save_prediction_figure(path: str, image: np.ndarray, truth: np.ndarray, pred
         ("errors (red FP, blue FN)", err, {}),
     ]
     h, w = truth.shape
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4 * h / w + 0.8))
-    for ax, (name, a, kw) in zip(axes, panels, strict=True):
+    if w > 1.5 * h:  # wide images (the nuclei halves are 256 x 512): two rows of two
+        fig, axes = plt.subplots(2, 2, figsize=(13, 13 * h / w + 1.2))
+    else:
+        fig, axes = plt.subplots(1, 4, figsize=(16, 4.4 * h / w + 0.8))
+    for ax, (name, a, kw) in zip(axes.ravel(), panels, strict=True):
         ax.imshow(a, interpolation="nearest", **(kw if np.asarray(a).ndim == 2 else {}))
         ax.set_title(name)
         ax.axis("off")

@@ -178,24 +178,20 @@ def evaluate(model: Any, dataset: Any, device: str = "cpu") -> tuple[dict[str, A
     With instance labels: instances from the prediction (:func:`inference.instances_from_semantic`)
     matched one to one with the truth: accuracy and F1 at IoU 0.5, and the DSB score.
     """
-    preds, _ = predict_labels(model, dataset.images, device=device)
-    result = metrics_from_predictions(preds, dataset, _instances_of(preds, dataset))
+    from .inference import instances_from_semantic
+
+    preds, probs = predict_labels(model, dataset.images, device=device)
     out = {"labels": preds}
     if dataset.instances is not None:
-        out["instances"] = _instances_of(preds, dataset)
+        out["instances"] = np.stack([instances_from_semantic(p, q) for p, q in zip(preds, probs)])
+        # plain connected components of the argmax map, for comparison (metrics.json reports both)
+        out["instances_cc"] = np.stack([instances_from_semantic(p) for p in preds])
+    result = metrics_from_predictions(preds, dataset, out.get("instances"), out.get("instances_cc"))
     return result, out
 
 
-def _instances_of(preds: np.ndarray, dataset: Any) -> np.ndarray | None:
-    from .inference import instances_from_semantic
-
-    if dataset.instances is None:
-        return None
-    return np.stack([instances_from_semantic(p) for p in preds])
-
-
-def metrics_from_predictions(preds: np.ndarray, dataset: Any,
-                             instances: np.ndarray | None = None) -> dict[str, Any]:
+def metrics_from_predictions(preds: np.ndarray, dataset: Any, instances: np.ndarray | None = None,
+                             instances_cc: np.ndarray | None = None) -> dict[str, Any]:
     """The metrics of ``metrics.json`` from saved predictions (a test recomputes them this way)."""
     from . import metrics
 
@@ -220,6 +216,9 @@ def metrics_from_predictions(preds: np.ndarray, dataset: Any,
         result["instance_f1_50"] = 2 * tp / max(2 * tp + fp + fn, 1)
         result["dsb_score"] = float(np.mean(dsb))
         result["instances_true"], result["instances_pred"] = tp + fn, tp + fp
+    if instances_cc is not None and dataset.instances is not None:
+        m = metrics.matching_dataset(list(dataset.instances), list(instances_cc), threshold=0.5)
+        result["instance_accuracy_50_cc"] = m["accuracy"]
     return result
 
 
