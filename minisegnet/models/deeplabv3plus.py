@@ -27,6 +27,9 @@ Shapes for a 3 x 513 x 513 image (the paper's crop), K classes, ``width`` w = 32
 Every upsampling goes to the exact size of its target (not a fixed factor), so odd sizes and sizes
 that are not multiples of 16 keep their size. The image-pooling branch has a bias and no
 BatchNorm: it holds one value per channel per image, so batch statistics would break batch size 1.
+Even so, train on batches of two or more images: with one, the BatchNorm after the projection
+subtracts each channel's mean over the image, which removes the image-pooling branch (constant over
+the image) entirely, and its parameters get a zero gradient. Evaluation mode has no such effect.
 """
 
 from __future__ import annotations
