@@ -161,9 +161,9 @@ class ModelCase(Case):
 # dropout off: the step must be the same computation in every implementation and in PyTorch
 NO_DROPOUT = {m: {"dropout": 0.0} for m in ("fcn32s", "fcn16s", "fcn8s", "deeplabv3plus", "pspnet")}
 # --quick: narrow instances (FCN's VGG16 alone is 134M parameters)
-QUICK_WIDTH = {"fcn32s": {"width": 8}, "fcn16s": {"width": 8}, "fcn8s": {"width": 8},
+QUICK_WIDTH = {"fcn32s": {"width": 4}, "fcn16s": {"width": 4}, "fcn8s": {"width": 4},
                "unet": {"base_channels": 8}, "unet-valid": {"base_channels": 8},
-               "deeplabv3plus": {"width": 8}, "pspnet": {"width": 8}, "segnet": {"width": 16}}
+               "deeplabv3plus": {"width": 4}, "pspnet": {"width": 4}, "segnet": {"width": 8}}
 
 
 def cases(quick: bool) -> list[Case]:
