@@ -56,6 +56,36 @@ def summarize(values: list[float]) -> str:
     return f"{v.mean():.3f} ({v.min():.3f}-{v.max():.3f})"
 
 
+def write_table(args: argparse.Namespace, rows: dict, budget: dict, command: str, done: int,
+                total: int) -> None:
+    load = os.getloadavg()
+    title = ("Nuclei U-Net: weight map ablation" if args.nuclei_ablation
+             else f"Model zoo on {args.data}")
+    lines = [
+        f"# {title}",
+        "",
+        f"`python benchmarks/zoo_study.py {command}` on {cpu_model()} ({os.cpu_count()} cores), "
+        f"load average {load[0]:.1f} when written ({done} of {total} runs); budget per run: "
+        f"{json.dumps(budget)}; mean (min-max) over seeds {args.seeds}. Seconds are training "
+        "time including each epoch's evaluation, and move with the machine's load.",
+        "",
+        "| model | weight map + gaps | parameters | mIoU | pixel accuracy | instance accuracy@0.5 "
+        "| instance accuracy@0.5, plain CC | DSB | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (model, wm), rs in rows.items():
+        def col(key: str) -> str:
+            return summarize([r[key] for r in rs]) if key in rs[0] else "-"
+
+        lines.append(
+            f"| {model} | {'yes' if wm else 'no'} | {rs[0]['parameters']:,} | {col('miou')} | "
+            f"{col('pixel_accuracy')} | {col('instance_accuracy_50')} | "
+            f"{col('instance_accuracy_50_cc')} | {col('dsb_score')} | "
+            f"{np.mean([r['seconds'] for r in rs]):.0f} |"
+        )
+    Path(args.out).write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     from minisegnet import models
 
@@ -63,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="shapes")
     p.add_argument("--models", nargs="+", default=models.list_models())
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=64)
@@ -81,37 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         budget = dict(epochs=args.epochs, steps=args.steps, batch=args.batch, patch=args.patch,
                       lr=args.lr)
-        runs = [(m, args.data, s, True) for m in args.models for s in args.seeds]
+        runs = [(m, args.data, s, False) for m in args.models for s in args.seeds]
     rows: dict[tuple[str, bool], list[dict]] = {}
+    command = " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as workdir:
-        for model, data, seed, wm in runs:
+        for i, (model, data, seed, wm) in enumerate(runs):
             r = run_one(model, data, seed, budget, wm, workdir)
             rows.setdefault((model, wm), []).append(r)
             extra = (f" inst@0.5 {r['instance_accuracy_50']:.3f}" if "instance_accuracy_50" in r else "")
             print(f"{model:14s} {data} seed {seed} weight_map={wm}: mIoU {r['miou']:.3f}{extra} "
                   f"{r['seconds']:.0f} s", flush=True)
-
-    load = os.getloadavg()
-    lines = [
-        f"# {'Nuclei U-Net: weight map ablation' if args.nuclei_ablation else 'Model zoo on ' + args.data}",
-        "",
-        f"`python benchmarks/zoo_study.py {' '.join(argv if argv is not None else sys.argv[1:])}` on "
-        f"{cpu_model()} ({os.cpu_count()} cores), load average {load[0]:.1f} at the end; budget "
-        f"per run: {json.dumps(budget)}; mean (min-max) over seeds {args.seeds}.",
-        "",
-        "| model | weight map + gaps | parameters | mIoU | pixel accuracy | instance accuracy@0.5 | DSB | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for (model, wm), rs in rows.items():
-        inst = (summarize([r["instance_accuracy_50"] for r in rs]) if "instance_accuracy_50" in rs[0] else "-")
-        dsb = summarize([r["dsb_score"] for r in rs]) if "dsb_score" in rs[0] else "-"
-        lines.append(
-            f"| {model} | {'yes' if wm else 'no'} | {rs[0]['parameters']:,} | "
-            f"{summarize([r['miou'] for r in rs])} | {summarize([r['pixel_accuracy'] for r in rs])} | "
-            f"{inst} | {dsb} | {np.mean([r['seconds'] for r in rs]):.0f} |"
-        )
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            # the table so far, rewritten after every run (a long study can be read while it runs)
+            write_table(args, rows, budget, command, done=i + 1, total=len(runs))
+    print(Path(args.out).read_text())
     return 0
 
 
