@@ -160,3 +160,22 @@ def test_matches_pytorch():
     # boxes reaching past the map exercise RoIAlign's border rules too
     rows = np.concatenate([BOXES, [[0, -3.0, 30.0, 20.0, 45.0]]])
     check_torch_parity(head, twin, [_features().astype(np.float64), rows])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(msn.backend.cupy_module() is None, reason="needs CuPy and a CUDA GPU")
+def test_cuda_matches_cpu():
+    cp = msn.backend.cupy_module()
+    outs = []
+    for device in ("cpu", "cuda"):
+        head = _head().double().to(device)
+        y = head(msn.Tensor(_features().astype(np.float64)).to(device), BOXES)
+        y.sum().backward()
+        probs = 1 / (1 + np.exp(-y.numpy()[:, 0]))
+        arr = probs if device == "cpu" else cp.asarray(probs)
+        pasted = paste_masks(arr, BOXES[:, 1:], (20, 24))
+        assert isinstance(pasted, np.ndarray) == (device == "cpu")
+        outs.append([y.numpy(), msn.backend.to_numpy(head.mask_fcn1.weight.grad),
+                     msn.backend.to_numpy(pasted)])
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)

@@ -109,3 +109,22 @@ def test_too_small_input_is_a_value_error_naming_the_sizes(name, kwargs, hw, sma
 def test_unknown_name_is_a_value_error():
     with pytest.raises(ValueError, match="name.*fcn8s"):
         models.create("fcn4s", 2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(msn.backend.cupy_module() is None, reason="needs CuPy and a CUDA GPU")
+@pytest.mark.parametrize("name", model_params())
+def test_cuda_matches_cpu(name):
+    """The same forward and backward on CuPy arrays (CUDA kernels) and NumPy arrays, float64."""
+    results = []
+    for device in ("cpu", "cuda"):
+        model = tiny(name, num_classes=3).double().to(device)
+        (H, W), out = input_and_output_size(model, name, 19, 26)
+        x = np.random.default_rng(0).standard_normal((2, 3, H, W))
+        y = model(msn.Tensor(x).to(device))
+        assert y.shape == (2, 3, *out) and y.device == device
+        target = np.random.default_rng(1).integers(0, 3, (2, *out))
+        F.cross_entropy(y, msn.Tensor(target).to(device)).backward()
+        results.append([y.numpy()] + [msn.backend.to_numpy(p.grad) for p in model.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12 * (np.abs(a).max() + 1))
