@@ -69,12 +69,17 @@ def _parser() -> _Parser:
     e.add_argument("--out", default=None, help="where metrics.json goes (default: beside CKPT)")
     e.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
 
-    r = sub.add_parser("predict", help="segment image files (.npy, .png, .tif) with a checkpoint")
+    r = sub.add_parser("predict", help="segment image files (.npy, .png, .tif, .zarr) with a checkpoint")
     r.add_argument("--checkpoint", required=True)
     r.add_argument("images", nargs="+", metavar="IMAGE")
-    r.add_argument("--out", default="predictions", help="output directory")
+    r.add_argument("--out", default="predictions",
+                   help="output directory, or OUT.zarr: the labels of one image as a zarr array")
     r.add_argument("--tile", type=int, default=None, help="output tile size for overlap-tile U-Nets")
     r.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    r.add_argument("--scheduler", default=None, metavar="threads|processes|ADDRESS",
+                   help="predict out of core with Dask (U-Nets; needs 'minisegnet[dask]'): local "
+                        "threads, a local process pool, or a dask.distributed scheduler address "
+                        "(tcp://host:8786); implied by a .zarr input or --out")
     return p
 
 
@@ -229,6 +234,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .training import model_from_checkpoint
 
     _check_device(args.device)
+    if (args.scheduler is not None or args.out.rstrip("/").endswith(".zarr")
+            or any(p.rstrip("/").endswith(".zarr") for p in args.images)):
+        # Out of core on Dask: labels written block by block to zarr, never gathered.
+        from .inference import predict_to_zarr
+
+        if args.device != "cpu":
+            raise UsageError("--scheduler/.zarr: Dask prediction runs on the CPU; drop --device")
+        if args.out.rstrip("/").endswith(".zarr"):
+            if len(args.images) != 1:
+                raise UsageError(f"--out {args.out!r}: one .zarr holds one image's labels, got "
+                                 f"{len(args.images)} images; give a directory instead")
+            outs = [args.out]
+        else:
+            _check_out_dir(args.out)
+            outs = [os.path.join(args.out, os.path.splitext(os.path.basename(p.rstrip("/")))[0]
+                                 + "_labels.zarr") for p in args.images]
+        sources = []
+        for p in args.images:  # all inputs checked before any work
+            if not os.path.exists(p):
+                raise UsageError(f"IMAGE: no such file {p!r}")
+            lazy = p.lower().endswith(".npy") or p.rstrip("/").endswith(".zarr")
+            sources.append(p if lazy else read_image(p))
+        progress = sys.stderr.isatty() and not os.environ.get("CI")
+        for path, src, out in zip(args.images, sources, outs, strict=True):
+            try:
+                h, w = predict_to_zarr(args.checkpoint, src, out, scheduler=args.scheduler,
+                                       tile=args.tile, progress=progress)
+            except ConnectionError as e:
+                raise UsageError(f"--scheduler: {e}") from None
+            except TypeError as e:  # a checkpoint of a model that is not a U-Net
+                raise UsageError(f"--checkpoint: {e}") from None
+            print(f"{path}: {h}x{w} -> {out}")
+        return 0
     model, meta = model_from_checkpoint(args.checkpoint, device=args.device)
     _check_out_dir(args.out)
     images = [read_image(p) for p in args.images]  # all inputs checked before any work

@@ -253,6 +253,10 @@ class _Axis:
         c[-1] += self.pad_after
         return tuple(c)
 
+    def overlap(self) -> int:
+        """map_overlap's depth: none for a single block (no neighbours; it may be shorter)."""
+        return self.depth if len(self.cores) > 1 else 0
+
     def output_chunks(self) -> tuple[int, ...]:
         return tuple(b - a for a, b in self.cores)
 
@@ -521,7 +525,7 @@ def predict_dask(model_or_checkpoint: Any, image: Any, tile: int | tuple[int, in
     name = f"predict-dask-{tokenize(spec.token, src.name, rows, cols, output)}"
     result = da.map_overlap(
         partial(_predict_block, rows=rows, cols=cols, output=output), src,
-        depth={0: 0, 1: rows.depth, 2: cols.depth}, boundary="none", trim=False,
+        depth={0: 0, 1: rows.overlap(), 2: cols.overlap()}, boundary="none", trim=False,
         allow_rechunk=False, chunks=chunks, dtype=out_dtype,
         meta=np.empty((0,) * len(chunks), out_dtype), name=name, spec=key, **extra,
     )
