@@ -564,7 +564,8 @@ def score_detections(detections: list[Detections], true_instances: Any,
 
     ``true_instances`` (N, H, W) label images (or a list of (H, W)); ``true_classes`` one array
     per image giving each instance's class, in the order of its ids (default: all class 1).
-    Returns ``mask_ap`` (AP@[.5:.95]), ``mask_ap50``, ``mask_ap75``, and from the label images
+    Returns ``mask_ap`` (AP@[.5:.95]), ``mask_ap50``, ``mask_ap75``, ``mask_ap_per_threshold``
+    (IoU 0.5, 0.55, ..., 0.95), and from the label images
     (class-agnostic, pooled over images) ``instance_accuracy_50``, ``instance_f1_50``,
     ``dsb_score`` (mean over images).
     """
@@ -601,6 +602,9 @@ def score_detections(detections: list[Detections], true_instances: Any,
     out = {"mask_ap": float(np.mean([a["ap"] for a in aps])) if aps else float("nan"),
            "mask_ap50": float(np.mean([a["ap50"] for a in aps])) if aps else float("nan"),
            "mask_ap75": float(np.mean([a["ap75"] for a in aps])) if aps else float("nan"),
+           "mask_ap_per_threshold": [float(np.mean([list(a["per_threshold"].values())[t]
+                                                    for a in aps])) if aps else float("nan")
+                                     for t in range(10)],
            "instance_accuracy_50": tp / max(tp + fp + fn, 1),
            "instance_f1_50": 2 * tp / max(2 * tp + fp + fn, 1),
            "dsb_score": float(np.mean(dsb)) if dsb else float("nan"),
