@@ -34,7 +34,8 @@ FCN_CROPS = {
 }
 
 
-def _vgg_stage(stage: int, cin: int, cout: int, convs: int, first_padding: int = 1) -> nn.Sequential:
+def _vgg_stage(stage: int, cin: int, cout: int, convs: int,
+               first_padding: int = 1) -> nn.Sequential:
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     for i in range(1, convs + 1):
         layers[f"conv{stage}_{i}"] = nn.Conv2d(cin if i == 1 else cout, cout, 3,
@@ -136,7 +137,8 @@ class SegNet(nn.Module):
 # ============================================================================================
 
 
-def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1,
+                 dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(OrderedDict(
         conv=nn.Conv2d(cin, cout, k, stride, dilation * (k - 1) // 2, dilation, bias=False),
         bn=nn.BatchNorm2d(cout), relu=nn.ReLU()))
@@ -189,7 +191,8 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x] + [_up(F.relu(conv(F.adaptive_avg_pool2d(x, b))), x.shape[2:])
-                                for b, conv in zip(self.bins, self.stages)], dim=1)
+                                for b, conv in zip(self.bins, self.stages, strict=True)],
+                         dim=1)
 
 
 class PSPNet(nn.Module):

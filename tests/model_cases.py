@@ -121,13 +121,13 @@ def gradcheck_module(module: nn.Module, fn: Callable[..., Any], x: np.ndarray,
 
     def wrapped(xt: Any, *params: Any) -> Any:
         saved = []
-        for (owner, leaf, _), t in zip(owners, params):
+        for (owner, leaf, _), t in zip(owners, params, strict=True):
             saved.append(owner._parameters[leaf])
             owner._parameters[leaf] = t
         try:
             return fn(xt)
         finally:
-            for (owner, leaf, _), p in zip(owners, saved):
+            for (owner, leaf, _), p in zip(owners, saved, strict=True):
                 owner._parameters[leaf] = p
 
     return gradcheck(wrapped, [x.astype(np.float64)] + [p.data for _, _, p in owners], **kw)

@@ -17,7 +17,8 @@ def test_output_stride_sets_rates_and_feature_size(os_, rates):
     model = DeepLabV3Plus(3, output_stride=os_, width=2)
     got = tuple(branch.conv.depthwise.dilation[0] for branch in model.aspp.atrous)
     assert got == rates
-    assert all(b.conv.depthwise.padding == (r, r) for b, r in zip(model.aspp.atrous, rates))
+    pads = [b.conv.depthwise.padding for b in model.aspp.atrous]
+    assert pads == [(r, r) for r in rates]
     x = msn.Tensor(np.random.default_rng(0).standard_normal((2, 3, 37, 50)).astype(np.float32))
     low, features = model.backbone(x)
     assert low.shape[2:] == (10, 13)                        # ceil(H / 4)

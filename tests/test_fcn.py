@@ -11,7 +11,7 @@ from model_cases import check_torch_parity, needs_torch, tiny
 
 import minisegnet as msn
 from minisegnet import nn
-from minisegnet.models.fcn import FCN, coord_map, convolutionalize, crop_offset
+from minisegnet.models.fcn import FCN, convolutionalize, coord_map, crop_offset
 
 # Offsets of the crop layers in the authors' nets (fcn.berkeleyvision.org,
 # voc-fcn32s/16s/8s train.prototxt: score 19; score_pool4c 5, score 27; score_pool4c 5,
@@ -68,18 +68,18 @@ def test_crop_offset_rejects_a_misaligned_pair():
 
 def test_convolutionalize_equals_the_dense_layer():
     rng = np.random.default_rng(0)
-    C, h, w, O = 3, 7, 7, 5
+    C, h, w, n_out = 3, 7, 7, 5
     msn.manual_seed(0)
-    fc = nn.Linear(C * h * w, O)
+    fc = nn.Linear(C * h * w, n_out)
     conv = convolutionalize(fc, (C, h, w))
-    assert conv.weight.shape == (O, C, h, w)
+    assert conv.weight.shape == (n_out, C, h, w)
     x = rng.standard_normal((2, C, h, w)).astype(np.float32)
     dense = fc(msn.Tensor(x.reshape(2, -1))).numpy()
     np.testing.assert_allclose(conv(msn.Tensor(x)).numpy()[:, :, 0, 0], dense, rtol=1e-5, atol=1e-6)
     # on a 14x14 map: an 8x8 map, each position the dense layer on its 7x7 window
     big = rng.standard_normal((1, C, 14, 14)).astype(np.float32)
     out = conv(msn.Tensor(big)).numpy()
-    assert out.shape == (1, O, 8, 8)
+    assert out.shape == (1, n_out, 8, 8)
     for i in range(8):
         for j in range(8):
             window = big[:, :, i:i + h, j:j + w].reshape(1, -1)

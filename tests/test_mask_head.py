@@ -177,5 +177,5 @@ def test_cuda_matches_cpu():
         assert isinstance(pasted, np.ndarray) == (device == "cpu")
         outs.append([y.numpy(), msn.backend.to_numpy(head.mask_fcn1.weight.grad),
                      msn.backend.to_numpy(pasted)])
-    for a, b in zip(*outs):
+    for a, b in zip(*outs, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)

@@ -10,8 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_cases import (OVERFIT, coins_batch, cross_entropy, gradcheck_module,
-                         input_and_output_size, model_params, overfit, small_params, tiny)
+from model_cases import (
+    OVERFIT,
+    coins_batch,
+    cross_entropy,
+    gradcheck_module,
+    input_and_output_size,
+    model_params,
+    overfit,
+    small_params,
+    tiny,
+)
 
 import minisegnet as msn
 import minisegnet.functional as F
@@ -126,5 +135,5 @@ def test_cuda_matches_cpu(name):
         target = np.random.default_rng(1).integers(0, 3, (2, *out))
         F.cross_entropy(y, msn.Tensor(target).to(device)).backward()
         results.append([y.numpy()] + [msn.backend.to_numpy(p.grad) for p in model.parameters()])
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12 * (np.abs(a).max() + 1))

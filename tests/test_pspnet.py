@@ -42,7 +42,7 @@ def test_pyramid_pooling_matches_its_definition(hw):
     x = rng.standard_normal((2, C, *hw))
     y = ppm.double()(msn.Tensor(x)).numpy()
     parts = [x]
-    for conv, b in zip(ppm.stages, bins):
+    for conv, b in zip(ppm.stages, bins, strict=True):
         W, bias = conv.weight.numpy()[:, :, 0, 0], conv.bias.numpy()
         pooled = np.maximum(np.einsum("oc,nchw->nohw", W, _adaptive_avg(x, b))
                             + bias[None, :, None, None], 0)

@@ -26,7 +26,7 @@ from ..tensor import Tensor, as_tensor
 
 
 def check_input(model: str, x: Any, in_channels: int, min_size: tuple[int, int] = (1, 1)) -> Tensor:
-    """``x`` as an (N, in_channels, H, W) Tensor with H, W at least ``min_size``, else ValueError."""
+    """``x`` as an (N, in_channels, H, W) Tensor with H, W >= ``min_size``, else a ValueError."""
     x = as_tensor(x)
     if x.ndim != 4:
         raise ValueError(f"x: {model} expects an (N, C, H, W) input, got shape {x.shape}")
@@ -65,7 +65,8 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation,
+                               bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)

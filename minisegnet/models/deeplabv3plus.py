@@ -80,7 +80,7 @@ class ASPP(nn.Module):
 
 
 class Decoder(nn.Module):
-    """DeepLabV3+'s decoder: upsample ASPP to the low-level size, concat its 1x1 reduction, refine."""
+    """Decoder: ASPP upsampled to the low-level size, concat its 1x1 reduction, refine."""
 
     def __init__(self, low_channels: int, reduced: int, channels: int, num_classes: int) -> None:
         super().__init__()

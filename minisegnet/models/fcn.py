@@ -4,10 +4,11 @@ VGG16 with its classifier turned into convolutions, so it maps an image of any s
 score map, upsampled back to the image by transposed convolutions that start as bilinear
 interpolation. FCN-16s and FCN-8s add finer predictions from pool4 and pool3 ("skips") before
 upsampling. This is the authors' Caffe net (``voc-fcn{32,16,8}s``) layer for layer, including
-``conv1_1``'s padding of 100, which gives fc6 positions even for small inputs, and the crops that line the upsampled scores up with the input. The crop offsets are
-*computed* from the layers' kernel sizes, strides and paddings (:func:`coord_map`, Caffe's
-``coord_map.py`` in the other direction), never typed in; they come out as the authors' 19
-(32s), 5 and 27 (16s), 5, 9 and 31 (8s).
+``conv1_1``'s padding of 100, which gives fc6 positions even for small inputs, and the crops
+that line the upsampled scores up with the input. The crop offsets are *computed* from the
+layers' kernel sizes, strides and paddings (:func:`coord_map`, Caffe's ``coord_map.py`` in the
+other direction), never typed in; they come out as the authors' 19 (32s), 5 and 27 (16s), 5, 9
+and 31 (8s).
 
 Shapes for a 3 x 500 x 500 image (PASCAL VOC's largest side), K classes, FCN-8s::
 
@@ -25,9 +26,11 @@ Shapes for a 3 x 500 x 500 image (PASCAL VOC's largest side), K classes, FCN-8s:
 The pools round up, as Caffe's do (:class:`CeilMaxPool2d`). FCN-32s upsamples score_fr by 32 at
 once (``upscore``, 64x64 kernel: (N, K, 544, 544), crop 19); FCN-16s fuses pool4 only
 (``upscore16``, 32x32 kernel: (N, K, 560, 560), crop 27). With the padding of 100 and the
-rounded-up pools every input size works, down to 1x1 (fc6 always has >= 7x7 pool5 features). As in the paper, the skip scores
-``score_pool4`` / ``score_pool3`` start at zero, so a fresh FCN-16s computes what FCN-32s does
-(in the interior; the transposed convs see different borders), and training refines from there.
+rounded-up pools every input size works, down to 1x1 (fc6 always has >= 7x7 pool5 features).
+As in the paper, the skip scores ``score_pool4`` / ``score_pool3`` start at zero, so a fresh
+FCN-16s starts from FCN-32s's scores, only upsampled in two bilinear steps instead of one (the
+same where the scores vary linearly), and training refines from there. The convs start with
+He's variance (:func:`_he_normal`): the authors fine-tune a trained VGG16 instead.
 ``width`` (64 in VGG16) scales every channel count: stages ``w, 2w, 4w, 8w, 8w``, fc ``64w``.
 """
 
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,7 +58,8 @@ __all__ = ["FCN", "convolutionalize", "coord_map", "CoordMap", "crop_offset"]
 
 
 class CoordMap(NamedTuple):
-    """Per axis (h, w): pixel ``i`` of a feature map is centred at input coordinate ``scale*i + offset``.
+    """Per axis (h, w): pixel ``i`` of a feature map is centred at input coordinate
+    ``scale*i + offset``.
 
     Exact fractions: a crop offset must come out an integer, and floats would hide it if not.
     """
@@ -193,8 +197,10 @@ def _he_normal(conv: nn.Conv2d) -> None:
     conv.bias.data[...] = 0
 
 
-def _vgg_stage(stage: int, cin: int, cout: int, convs: int, first_padding: int = 1) -> nn.Sequential:
-    """VGG stage ``stage``: ``convs`` x (3x3 conv + ReLU), named conv{stage}_{i} / relu{stage}_{i}."""
+def _vgg_stage(stage: int, cin: int, cout: int, convs: int,
+               first_padding: int = 1) -> nn.Sequential:
+    """VGG stage ``stage``: ``convs`` x (3x3 conv + ReLU), named conv{stage}_{i}, relu{stage}_{i}.
+    """
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     for i in range(1, convs + 1):
         pad = first_padding if i == 1 else 1
@@ -223,12 +229,14 @@ class FCN(nn.Module):
         c1, c2, c3, c4, c5, fc = w, 2 * w, 4 * w, 8 * w, 8 * w, 64 * w
         # conv1_1's padding of 100: enough border that fc6 (7x7, unpadded, on pool5) has an
         # output for small inputs; the crops below remove what it adds.
-        self.conv1, self.pool1 = _vgg_stage(1, in_channels, c1, 2, first_padding=100), CeilMaxPool2d()
+        self.conv1 = _vgg_stage(1, in_channels, c1, 2, first_padding=100)
+        self.pool1 = CeilMaxPool2d()
         self.conv2, self.pool2 = _vgg_stage(2, c1, c2, 2), CeilMaxPool2d()
         self.conv3, self.pool3 = _vgg_stage(3, c2, c3, 3), CeilMaxPool2d()
         self.conv4, self.pool4 = _vgg_stage(4, c3, c4, 3), CeilMaxPool2d()
         self.conv5, self.pool5 = _vgg_stage(5, c4, c5, 3), CeilMaxPool2d()
-        self.fc6, self.drop6 = nn.Conv2d(c5, fc, 7), nn.Dropout(dropout)  # VGG's fc6, convolutionalized
+        # VGG's classifier, convolutionalized: fc6 reads 7x7 pool5 windows
+        self.fc6, self.drop6 = nn.Conv2d(c5, fc, 7), nn.Dropout(dropout)
         self.fc7, self.drop7 = nn.Conv2d(fc, fc, 1), nn.Dropout(dropout)
         self.score_fr = nn.Conv2d(fc, K, 1)
         for conv in [m for m in self.modules() if isinstance(m, nn.Conv2d)][:-1]:

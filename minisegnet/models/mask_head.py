@@ -76,7 +76,7 @@ def _check_xyxy(xyxy: np.ndarray, name: str) -> None:
 
 
 class MaskHead(nn.Module):
-    """Mask R-CNN's mask head: ``head(features, boxes)`` -> (K, num_classes, 2*roi_size, 2*roi_size).
+    """Mask R-CNN's mask head: ``head(features, boxes)`` -> (K, num_classes, 2r, 2r), r = roi_size.
 
     ``features`` (N, in_channels, H, W); ``boxes`` as for ``F.roi_align``: (K, 5) rows
     ``[batch_index, x1, y1, x2, y2]`` or a list of (K_i, 4) per image, in image coordinates,

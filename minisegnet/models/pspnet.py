@@ -53,8 +53,9 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[2:]
-        pooled = [F.interpolate(F.relu(conv(F.adaptive_avg_pool2d(x, b))), size=size, mode="bilinear")
-                  for b, conv in zip(self.bins, self.stages)]
+        pooled = [F.interpolate(F.relu(conv(F.adaptive_avg_pool2d(x, b))), size=size,
+                                mode="bilinear")                  # (N, C/len(bins), h, w)
+                  for b, conv in zip(self.bins, self.stages, strict=True)]
         return F.cat([x, *pooled], dim=1)
 
     def extra_repr(self) -> str:

@@ -61,7 +61,7 @@ class SegNet(nn.Module):
         k = check_positive("kernel_size", kernel_size)
         if k % 2 == 0:
             raise ValueError(f"kernel_size: must be odd to keep the size, got {k}")
-        self.encoder = nn.ModuleDict({f"conv{i + 1}": _conv_bn(in_channels if i == 0 else w, w, k, True)
+        self.encoder = nn.ModuleDict({f"conv{i + 1}": _conv_bn(w if i else in_channels, w, k, True)
                                       for i in range(depth)})
         self.pool = nn.MaxPool2d(2, return_indices=True)
         self.unpool = nn.MaxUnpool2d(2)
