@@ -191,3 +191,27 @@ def test_matches_pytorch(name):
     twin = T.load_from(T.create(name, 3, width=1, dropout=0.0), model)
     x = rng.standard_normal((2, 3, 37, 45))
     check_torch_parity(model, twin, [x])
+
+
+@pytest.mark.slow
+def test_the_docstrings_shapes_for_a_500x500_image():
+    """The module docstring's walk through FCN-8s (and the 32s / 16s upsampling sizes)."""
+    nets = {v: FCN(2, v, width=1) for v in ("32s", "16s", "8s")}
+    m = nets["8s"]
+    expect = {"conv1": 698, "pool1": 349, "pool2": 175, "pool3": 88, "pool4": 44, "pool5": 22,
+              "fc6": 16}
+    got = {}
+    with msn.no_grad():
+        h = msn.Tensor(np.zeros((1, 3, 500, 500), np.float32))
+        for name in ("conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "conv4", "pool4",
+                     "conv5", "pool5", "fc6"):
+            h = getattr(m, name)(h)
+            got[name] = h.shape[2]
+        score_fr = m.score_fr(m.fc7(h))
+        up2 = m.upscore2(score_fr)
+        up4 = m.upscore_pool4(up2)
+        sizes = (up2.shape[2], up4.shape[2], m.upscore8(up4).shape[2],
+                 nets["32s"].upscore(score_fr).shape[2],
+                 nets["16s"].upscore16(nets["16s"].upscore2(score_fr)).shape[2])
+    assert {k: got[k] for k in expect} == expect
+    assert sizes == (34, 70, 568, 544, 560)
