@@ -44,7 +44,6 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..functional.conv import _pair
 from ..random import default_rng
 from ..tensor import Tensor
 from ._blocks import check_input, check_positive
@@ -55,6 +54,10 @@ __all__ = ["FCN", "convolutionalize", "coord_map", "CoordMap", "crop_offset"]
 # ============================================================================================
 # geometry: where each pixel of a feature map sits in the input
 # ============================================================================================
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 class CoordMap(NamedTuple):
@@ -82,10 +85,10 @@ class CoordMap(NamedTuple):
         if isinstance(layer, nn.Sequential):
             return self.then(*layer)
         if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, CeilMaxPool2d, nn.ConvTranspose2d)):
-            k = _pair(layer.kernel_size, "kernel_size")
-            s = _pair(layer.stride, "stride")
-            p = _pair(layer.padding, "padding")
-            d = _pair(layer.dilation, "dilation")
+            k = _pair(layer.kernel_size)
+            s = _pair(layer.stride)
+            p = _pair(layer.padding)
+            d = _pair(layer.dilation)
             scale, offset = [], []
             for a in range(2):
                 centre = Fraction(d[a] * (k[a] - 1), 2)  # centre of the (dilated) kernel
@@ -173,6 +176,7 @@ def convolutionalize(linear: nn.Linear, in_shape: tuple[int, int, int]) -> nn.Co
                          f"in_features={linear.in_features}")
     W = linear.weight.data
     conv = nn.Conv2d(C, linear.out_features, (h, w), bias=linear.bias is not None, dtype=W.dtype)
+    conv.to(linear.weight.device)
     conv.weight.data[...] = W.reshape(linear.out_features, C, h, w)  # (O, C*h*w) -> (O, C, h, w)
     if linear.bias is not None:
         conv.bias.data[...] = linear.bias.data
