@@ -215,3 +215,14 @@ def test_the_docstrings_shapes_for_a_500x500_image():
                  nets["16s"].upscore16(nets["16s"].upscore2(score_fr)).shape[2])
     assert {k: got[k] for k in expect} == expect
     assert sizes == (34, 70, 568, 544, 560)
+
+
+@pytest.mark.slow
+def test_full_width_is_vgg16_plus_the_fcn_layers():
+    """Default width = VGG16: its 13 convs hold 14,714,688 parameters (torchvision's
+    ``vgg16().features``), fc6/fc7 102,764,544 and 16,781,312 (its first two classifier
+    layers, here as 7x7 and 1x1 convs); then FCN-8s's 21-class score and upsampling layers."""
+    K = 21
+    model = FCN(K, "8s")
+    fcn_layers = ((4096 + 512 + 256) * K + 3 * K) + K * K * (4 * 4 + 4 * 4 + 16 * 16)
+    assert model.num_parameters() == 14_714_688 + 102_764_544 + 16_781_312 + fcn_layers

@@ -196,8 +196,10 @@ def _he_normal(conv: nn.Conv2d) -> None:
     scores start near zero. With He's variance a ReLU layer keeps the signal's scale.
     """
     fan_in = conv.weight.shape[1] * conv.weight.shape[2] * conv.weight.shape[3]
-    w = default_rng().normal(0.0, np.sqrt(2.0 / fan_in), conv.weight.shape)
-    conv.weight.data[...] = w.astype(conv.weight.dtype)
+    # drawn in the weight's dtype: VGG16's fc6 alone has 103M weights
+    w = default_rng().standard_normal(conv.weight.shape, dtype=conv.weight.dtype)
+    w *= np.sqrt(2.0 / fan_in)
+    conv.weight.data[...] = w
     conv.bias.data[...] = 0
 
 
