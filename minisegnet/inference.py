@@ -410,37 +410,57 @@ def _is_zarr_path(path: str) -> bool:
         os.path.join(p, "zarr.json"))
 
 
-def _open_image(image: Any) -> Any:
-    """A dask array (any chunks) for an image given as a dask array, an array or a file path."""
+def _open_image(image: Any, model: Any, tile: Any) -> Any:
+    """A dask array for an image given as a dask array, an array or a file path, chunked on the
+    output-tile grid of ``model`` (files are read block by block, never whole)."""
     da = _import_dask()
-    if isinstance(image, da.Array):
-        return image
+    zarr_path = None
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if path.lower().endswith(".npy"):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"image: no such file {path!r}")
             try:
-                f = _NpyFile(path)
+                source: Any = _NpyFile(path)
             except ValueError as e:
                 raise ValueError(f"image: cannot memory-map {path!r}: {e}") from None
-            return da.from_array(f, chunks=f.shape, asarray=True, fancy=False, lock=False,
-                                 name=f"npy-{f.path}-{os.path.getmtime(f.path)}")
-        if _is_zarr_path(path):
+        elif _is_zarr_path(path):
             if not os.path.exists(path):
                 raise FileNotFoundError(f"image: no such zarr array {path!r}")
             try:
-                return da.from_zarr(path)
+                import zarr
+
+                source, zarr_path = zarr.open_array(path, mode="r"), path
+            except ImportError as e:
+                raise ImportError(f"reading zarr needs zarr: {_DASK_HINT} ({e})") from None
             except Exception as e:  # noqa: BLE001 - a group, a broken store: one message
                 raise ValueError(f"image: {path!r} is not a zarr array ({type(e).__name__}: {e})") from None
-        raise ValueError(f"image: a path must name a .npy file or a zarr array, got {path!r}")
-    from .tensor import Tensor
+        else:
+            raise ValueError(f"image: a path must name a .npy file or a zarr array, got {path!r}")
+    elif isinstance(image, da.Array):
+        source = image
+    else:
+        from .tensor import Tensor
 
-    a = image.data if isinstance(image, Tensor) else image
-    if type(a).__module__.startswith("cupy"):
-        a = a.get()
-    a = np.asarray(a)
-    return da.from_array(a, chunks=a.shape)
+        source = image.data if isinstance(image, Tensor) else image
+        if type(source).__module__.startswith("cupy"):
+            source = source.get()
+        source = np.asarray(source)
+    shape = tuple(int(n) for n in source.shape)
+    if len(shape) in (2, 3) and min(shape) > 0:
+        th, tw = tile_sizes(model, shape[-2], shape[-1], tile)
+        chunks = shape[:-2] + (_axis_plan(model, shape[-2], th).output_chunks(),
+                               _axis_plan(model, shape[-1], tw).output_chunks())
+    else:
+        chunks = shape  # rejected by _checked_image before anything is read
+    if isinstance(source, da.Array):
+        return source.rechunk(chunks)
+    if zarr_path is not None:
+        return da.from_zarr(zarr_path, chunks=chunks)
+    if isinstance(source, _NpyFile):
+        return da.from_array(source, chunks=chunks, asarray=True, fancy=False, lock=False,
+                             name=f"npy-{source.path}-{os.path.getmtime(source.path)}")
+    return da.from_array(source, chunks=chunks)
 
 
 def _checked_image(x: Any, model: Any) -> Any:
@@ -501,7 +521,7 @@ def predict_dask(model_or_checkpoint: Any, image: Any, tile: int | tuple[int, in
     spec = model_or_checkpoint if isinstance(model_or_checkpoint, ModelSpec) else ModelSpec(
         model_or_checkpoint)
     model = spec.model()
-    x = _checked_image(_open_image(image), model)
+    x = _checked_image(_open_image(image, model, tile), model)
     C, H, W = (int(s) for s in x.shape)
     th, tw = tile_sizes(model, H, W, tile)
     rows, cols = _axis_plan(model, H, th), _axis_plan(model, W, tw)
@@ -585,7 +605,7 @@ def predict_to_zarr(checkpoint: str, image: Any, out: str, scheduler: str | None
     from .training import model_from_checkpoint
 
     model, meta = model_from_checkpoint(checkpoint)
-    x = _open_image(image)
+    x = _open_image(image, model, tile)
     if x.ndim == 2:
         x = x[None]
     if x.ndim == 3 and model.in_channels == 1 and x.shape[0] in (3, 4):
