@@ -10,8 +10,8 @@ too slow for a whole network). Work: images per second.
 PyTorch: the same network written in PyTorch (``benchmarks/torch_models.py``, the twins the
 parity tests use), with our initial weights copied in, the same batch and the same SGD step; its
 loss and gradients are validated against ours like any implementation. Dropout is off
-(``dropout=0``) so that the step is deterministic across frameworks. Models without a twin
-(U-Net) get "n/a".
+(``dropout=0``) so that the step is deterministic across frameworks. A model without a twin
+would get "n/a" (every model has one).
 
 Run alone: ``python benchmarks/bench_models.py [--quick]``.
 """

@@ -1,4 +1,4 @@
-"""PyTorch twins of minisegnet's models (FCN, SegNet, PSPNet, DeepLabV3+, MaskHead).
+"""PyTorch twins of minisegnet's models (FCN, U-Net, SegNet, PSPNet, DeepLabV3+, MaskHead).
 
 Each twin is the same network written in plain PyTorch, with the same module names, so that
 ``load_from(twin, ours)`` copies minisegnet's ``state_dict`` into it key for key (strictly: a
@@ -93,6 +93,68 @@ class FCN(nn.Module):
         up4 = self.upscore_pool4(fuse)
         fuse = up4 + self._crop(self.score_pool3(pool3), c["score_pool3c"], up4.shape[2:])
         return self._crop(self.upscore8(fuse), c["score"], size)
+
+
+# ============================================================================================
+# U-Net
+# ============================================================================================
+
+
+class UNetBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, p: int, bn: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=p, bias=not bn)
+        self.bn1 = nn.BatchNorm2d(cout) if bn else nn.Identity()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=p, bias=not bn)
+        self.bn2 = nn.BatchNorm2d(cout) if bn else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class UNetUp(UNetBlock):
+    def __init__(self, cin: int, p: int, bn: bool) -> None:
+        super().__init__(cin, cin // 2, p, bn)
+        self.upconv = nn.ConvTranspose2d(cin, cin // 2, 2, stride=2, bias=not bn)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = self.upconv(x)
+        dh, dw = (skip.shape[2] - x.shape[2]) // 2, (skip.shape[3] - x.shape[3]) // 2
+        skip = skip[:, :, dh:dh + x.shape[2], dw:dw + x.shape[3]]
+        return super().forward(torch.cat([skip, x], 1))
+
+
+class UNet(nn.Module):
+    """Ronneberger et al.'s U-Net; "same" mirror-pads (np.pad's reflect) to 2^depth and crops."""
+
+    def __init__(self, in_channels: int, num_classes: int, base_channels: int = 64,
+                 depth: int = 4, padding: str = "same", batch_norm: bool = True) -> None:
+        super().__init__()
+        p = 1 if padding == "same" else 0
+        self.step, self.same = 2 ** depth, padding == "same"
+        w = [base_channels * 2 ** i for i in range(depth + 1)]
+        self.contracting = nn.ModuleList([UNetBlock(a, b, p, batch_norm)
+                                          for a, b in zip([in_channels] + w[:-2], w[:-1],
+                                                          strict=True)])
+        self.bottleneck = UNetBlock(w[-2], w[-1], p, batch_norm)
+        self.expanding = nn.ModuleList([UNetUp(c, p, batch_norm) for c in reversed(w[1:])])
+        self.final = nn.Conv2d(w[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[2:]
+        if self.same:
+            rows = np.pad(np.arange(H), (0, -H % self.step), mode="reflect")
+            cols = np.pad(np.arange(W), (0, -W % self.step), mode="reflect")
+            x = x[:, :, torch.from_numpy(rows)][:, :, :, torch.from_numpy(cols)]
+        skips = []
+        for block in self.contracting:
+            x = block(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for block, skip in zip(self.expanding, reversed(skips), strict=True):
+            x = block(x, skip)
+        return self.final(x)[:, :, :H, :W]
 
 
 # ============================================================================================
@@ -341,7 +403,9 @@ class MaskHead(nn.Module):
 
 _TWINS = {
     "fcn32s": (FCN, {"variant": "32s"}), "fcn16s": (FCN, {"variant": "16s"}),
-    "fcn8s": (FCN, {"variant": "8s"}), "segnet": (SegNet, {}), "pspnet": (PSPNet, {}),
+    "fcn8s": (FCN, {"variant": "8s"}), "unet": (UNet, {"padding": "same"}),
+    "unet-valid": (UNet, {"padding": "valid", "batch_norm": False}),
+    "segnet": (SegNet, {}), "pspnet": (PSPNet, {}),
     "deeplabv3plus": (DeepLabV3Plus, {}),
 }
 
