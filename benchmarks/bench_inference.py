@@ -46,7 +46,8 @@ def mosaic(size: int) -> np.ndarray:
     from minisegnet import data
 
     halves = [data.load("nuclei", split=s).images[0, 0] for s in ("train", "test")]
-    cells = [f(a) for a in halves for f in (lambda a: a, np.fliplr, np.flipud, lambda a: a[::-1, ::-1])]
+    flips = (lambda a: a, np.fliplr, np.flipud, lambda a: a[::-1, ::-1])
+    cells = [f(a) for a in halves for f in flips]
     rows = [np.concatenate([cells[(i * 3 + j) % 8] for j in range(-(-size // 512))], 1)
             for i in range(-(-size // 256))]
     return np.ascontiguousarray(np.concatenate(rows, 0)[None, :size, :size], dtype=np.float32)
@@ -107,6 +108,7 @@ def run_dask(npy: str, model, tile: int, out: str, workers: int | None, base: in
     """Time predict_dask(...).to_zarr on Dask's threads in a fresh process (workers None) or on a
     fresh LocalCluster of ``workers`` processes."""
     import zarr
+
     from minisegnet.inference import predict_dask
 
     labels = predict_dask(model, npy, tile=tile)
@@ -160,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             npy = os.path.join(tmp, f"mosaic{size}.npy")
             np.save(npy, mosaic(size))
             mp_ = size * size / 1e6
+            one = ("predict_dask, distributed 1 worker", 1)
             runs = ([("predict_tiled, 1 process", "tiled"), ("predict_dask, Dask threads", None),
-                     ("predict_dask, distributed 1 worker", 1), ("predict_dask, distributed 2 workers", 2)]
-                    if size == args.size else [("predict_dask, distributed 1 worker", 1)])
+                     one, ("predict_dask, distributed 2 workers", 2)]
+                    if size == args.size else [one])
             ref = None
             for name, workers in runs:
                 load0 = os.getloadavg()[0]
@@ -187,13 +190,15 @@ def main(argv: list[str] | None = None) -> int:
         "# Overlap-tile prediction of a large image: one process against Dask workers",
         "",
         f"`python benchmarks/bench_inference.py --size {args.size} --tile {args.tile} --base "
-        f"{args.base} --depth {args.depth}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
+        f"{args.base} --depth {args.depth}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
         f"{time.time() - started:.0f} s in all.",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs, shared with other engineers "
         "(load average = mean of the 1-minute load before and after each run). Image: the nuclei "
         "mosaic, float32 `.npy` read through a memory map. Model: random-weight same-padded U-Net "
-        f"(base {args.base}, depth {args.depth}, batch norm), 2 classes. Dask runs write uint8 labels "
+        f"(base {args.base}, depth {args.depth}, batch norm), 2 classes. Dask runs write uint8 "
+        "labels "
         "to zarr (never gathered) and are checked equal to predict_tiled's labels first. Workers: "
         "1 thread each (Numba's kernels use all cores inside each).",
         "",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -233,7 +234,7 @@ class _Axis:
     """The tiling of one image axis of length ``n`` (see the plan above). Tile i reads the
     window ``windows[i]`` and owns output ``owns[i]``; its model output's first pixel is image
     pixel ``windows[i][0] + lost`` (``lost`` = halo, 0 when same-padded). Block b owns output
-    ``cores[b]``, runs tiles ``tiles[b]`` and its overlapped source starts at image ``starts[b]``."""
+    ``cores[b]``, runs tiles ``tiles[b]``; its overlapped source starts at image ``starts[b]``."""
 
     n: int
     tile: int
@@ -339,7 +340,9 @@ def _mirror_extend(x: Any, axis: int, before: int, after: int) -> Any:
         return x
     n = x.shape[axis]
     parts = []
-    for idx in (_mirror_index(np.arange(-before, 0), n), None, _mirror_index(np.arange(n, n + after), n)):
+    top = _mirror_index(np.arange(-before, 0), n)
+    bottom = _mirror_index(np.arange(n, n + after), n)
+    for idx in (top, None, bottom):
         if idx is None:
             parts.append(x)
         elif len(idx):
@@ -358,7 +361,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _predict_block(block: np.ndarray, rows: _Axis, cols: _Axis, output: str,
-                   spec: ModelSpec | None = None, block_id: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
+                   spec: ModelSpec | None = None, block_id: tuple[int, ...] = (0, 0, 0),
+                   ) -> np.ndarray:
     """One Dask block: the block's tiles, one forward pass each (as predict_tiled runs them), then
     labels, probabilities or logits of the block's core."""
     from .backend import to_device, to_numpy
@@ -434,7 +438,8 @@ def _open_image(image: Any, model: Any, tile: Any) -> Any:
             except ImportError as e:
                 raise ImportError(f"reading zarr needs zarr: {_DASK_HINT} ({e})") from None
             except Exception as e:  # noqa: BLE001 - a group, a broken store: one message
-                raise ValueError(f"image: {path!r} is not a zarr array ({type(e).__name__}: {e})") from None
+                raise ValueError(f"image: {path!r} is not a zarr array "
+                                 f"({type(e).__name__}: {e})") from None
         else:
             raise ValueError(f"image: a path must name a .npy file or a zarr array, got {path!r}")
     elif isinstance(image, da.Array):
@@ -619,14 +624,16 @@ def predict_to_zarr(checkpoint: str, image: Any, out: str, scheduler: str | None
         try:
             from distributed import Client
         except ImportError as e:
-            raise ImportError(f"--scheduler ADDRESS needs dask.distributed: {_DASK_HINT} ({e})") from None
+            raise ImportError(f"--scheduler ADDRESS needs dask.distributed: {_DASK_HINT} "
+                              f"({e})") from None
         timeout = connect_timeout if connect_timeout is not None else dask.config.get(
             "distributed.comm.timeouts.connect")
         try:
             client = Client(scheduler, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as e:
+            why = f"{type(e).__name__}: {e}".splitlines()[0]
             raise ConnectionError(f"scheduler: cannot reach a Dask scheduler at {scheduler!r} "
-                                  f"within {timeout} ({type(e).__name__}: {e})".splitlines()[0]) from None
+                                  f"within {timeout} ({why})") from None
     try:
         with dask.config.set(scheduler=client if client is not None else (scheduler or "threads")):
             x = normalize_lazy(x, meta["normalization"])
@@ -642,7 +649,7 @@ def predict_to_zarr(checkpoint: str, image: Any, out: str, scheduler: str | None
             elif progress:
                 from dask.diagnostics import ProgressBar
 
-                with ProgressBar(dt=1.0):
+                with ProgressBar(dt=1.0, out=sys.stderr):
                     store.compute()
             else:
                 store.compute()

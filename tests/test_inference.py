@@ -1,5 +1,5 @@
-"""predict_dask (SPEC "Large images"): overlap-tile U-Net prediction on Dask equals predict_tiled, on
-the threaded scheduler, a process pool and a dask.distributed cluster of worker processes; the
+"""predict_dask (SPEC "Large images"): overlap-tile U-Net prediction on Dask equals predict_tiled,
+on the threaded scheduler, a process pool and a dask.distributed cluster of worker processes; the
 model travels once per worker; a killed worker loses nothing; bad input fails fast.
 
 The images are mosaics of the real nuclei image (train and test halves, flipped), the models small
@@ -37,10 +37,10 @@ TILE = 96
 def nuclei_mosaic(h: int, w: int) -> np.ndarray:
     """(1, h, w) float32: the nuclei images (256 x 512 each) and their mirror images, tiled."""
     halves = [data.load("nuclei", split=s).images[0, 0] for s in ("train", "test")]
-    cells = [f(a) for a in halves for f in (lambda a: a, np.fliplr, np.flipud, lambda a: a[::-1, ::-1])]
-    rows = []
-    for i in range(-(-h // 256)):
-        rows.append(np.concatenate([cells[(i * 3 + j) % len(cells)] for j in range(-(-w // 512))], 1))
+    flips = (lambda a: a, np.fliplr, np.flipud, lambda a: a[::-1, ::-1])
+    cells = [f(a) for a in halves for f in flips]
+    rows = [np.concatenate([cells[(i * 3 + j) % len(cells)] for j in range(-(-w // 512))], 1)
+            for i in range(-(-h // 256))]
     return np.ascontiguousarray(np.concatenate(rows, 0)[None, :h, :w], dtype=np.float32)
 
 
@@ -237,7 +237,8 @@ def test_bad_input_is_a_clear_error(models, image, kwargs, error, words):
 
 def test_a_checkpoint_that_does_not_match_is_a_clear_error(models, small, tmp_path):
     # weights of a depth-2 net under a name that builds the depth-3 default
-    bad = write_checkpoint(tmp_path / "mismatch.npz", models["valid"], "unet-valid", {"base_channels": 4})
+    bad = write_checkpoint(tmp_path / "mismatch.npz", models["valid"], "unet-valid",
+                           {"base_channels": 4})
     with pytest.raises(CheckpointError, match="does not fit model 'unet-valid'"):
         predict_dask(bad, small)
     # a checkpoint of another family: predict_dask tiles U-Nets only
@@ -289,7 +290,8 @@ def test_unreachable_scheduler_is_a_clear_error_not_a_hang(models, small, tmp_pa
             str(tmp_path / "o.zarr"), "--scheduler", "tcp://127.0.0.1:1"]), limit=60)
     assert box.get("value") == 2, box
     err = capsys.readouterr().err
-    assert "cannot reach a Dask scheduler at 'tcp://127.0.0.1:1'" in err and len(err.splitlines()) == 1
+    assert "cannot reach a Dask scheduler at 'tcp://127.0.0.1:1'" in err
+    assert len(err.splitlines()) == 1
     assert not (tmp_path / "o.zarr").exists()
 
 
@@ -318,7 +320,8 @@ def test_cli_predict_writes_zarr_labels(models, small, tmp_path, capsys):
     da.from_array(raw[0], chunks=100).to_zarr(str(tmp_path / "big.zarr"))
     assert cli.main(["predict", "--checkpoint", ckpt, str(tmp_path / "big.zarr"), "--out",
                      str(tmp_path / "dir"), "--scheduler", "threads", "--tile", str(TILE)]) == 0
-    np.testing.assert_array_equal(np.asarray(zarr.open_array(str(tmp_path / "dir" / "big_labels.zarr"))), want)
+    written = zarr.open_array(str(tmp_path / "dir" / "big_labels.zarr"))
+    np.testing.assert_array_equal(np.asarray(written), want)
 
 
 # ------------------------------------------------------------------------------ failures
@@ -350,7 +353,7 @@ def test_worker_killed_mid_run_loses_nothing(models, small, reference, cluster):
     assert pids[victim] not in cluster.run(os.getpid).values()  # it really died
 
 
-# ------------------------------------------------------------------------------ slow: the issue's sizes
+# --------------------------------------------------------------------- slow: the issue's sizes
 
 
 @pytest.fixture(scope="module")
