@@ -1028,15 +1028,15 @@ def plot_pool_vs_align(path: str, image: np.ndarray | None = None,
     sx = fbox[0] + (np.arange(output_size)[:, None] + (np.arange(2)[None] + 0.5) / 2).ravel() * bw
     sy = fbox[1] + (np.arange(output_size)[:, None] + (np.arange(2)[None] + 0.5) / 2).ravel() * bh
     gx, gy = np.meshgrid(sx, sy)
-    ax.plot(gx.ravel(), gy.ravel(), ".", color="dodgerblue", ms=2.5)
+    ax.plot(gx.ravel(), gy.ravel(), "o", color="dodgerblue", ms=2.2, mec="white", mew=0.3)
     ax.set_title(f"{output_size}x{output_size} bins at stride {stride}\nred: RoIPool (rounded), "
                  f"blue: RoIAlign samples", fontsize=9)
     for ax, (name, m) in zip(axes[1:], masks.items(), strict=True):
         show(ax)
         ax.contourf(np.arange(x0, min(x1, W)) + 0.5, np.arange(y0, min(y1, H)) + 0.5,
                     m[y0:y1, x0:x1], levels=[0.5, 1.5], colors=["orange"], alpha=0.45)
-        what = "pooled true mask" if name in pooled else "trained head"
-        ax.set_title(f"{name} ({what}), 14x14\nIoU with truth {ious[name]:.3f}", fontsize=9)
+        what = "the true mask pooled" if name in pooled else "its 28x28 mask"
+        ax.set_title(f"{name}: {what}, RoI {r}x{r}\nIoU with truth {ious[name]:.3f}", fontsize=9)
     fig.suptitle("RoIPool vs RoIAlign on one nucleus (green: truth, cyan: box, orange: mask)",
                  fontsize=10)
     fig.tight_layout()
