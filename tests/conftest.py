@@ -11,9 +11,16 @@
 from __future__ import annotations
 
 import os
+import sys
 
-import pytest
-from hypothesis import HealthCheck, settings
+# Tests that compare one CPU worker with two (the conv's per-core blocks, thread-count
+# independence) need 2+ Numba threads; Numba fixes its thread count at import from the CPU count,
+# so a one-core runner would run them on one thread and prove nothing. Start it with 2 there.
+if "numba" not in sys.modules and (os.cpu_count() or 1) < 2:
+    os.environ.setdefault("NUMBA_NUM_THREADS", "2")
+
+import pytest  # noqa: E402 - after the thread count is settled
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
@@ -75,3 +82,18 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With MINISEGNET_REQUIRE_TORCH=1 (CI, after installing PyTorch) a test skipped for want of
+    torch fails: the PyTorch comparisons must really run there. torchvision is not required: its
+    CPU build is not on the package indexes these machines reach."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("MINISEGNET_REQUIRE_TORCH") != "1" or not report.skipped:
+        return
+    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if ("'torch'" in reason or "PyTorch" in reason) and "torchvision" not in reason:
+        report.outcome = "failed"
+        report.longrepr = f"skipped for want of PyTorch, which CI installs: {reason}"
