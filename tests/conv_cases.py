@@ -1,4 +1,4 @@
-"""Hypothesis strategies for convolution settings, shared by the conv property tests.
+"""Hypothesis strategies for convolution settings, shared by the conv tests.
 
 Each draws shapes, kernel, stride, padding, dilation, groups (and output_padding) such that the
 output is non-empty, so tests exercise valid settings; invalid ones have their own tests.
@@ -6,37 +6,37 @@ output is non-empty, so tests exercise valid settings; invalid ones have their o
 
 from __future__ import annotations
 
-from hypothesis import strategies as st
-
 from conftest import SIMULATOR
+from helpers import out_len, transpose_out_len  # noqa: F401 - re-exported for the conv tests
+from hypothesis import strategies as st
 
 MAX_HW = 4 if SIMULATOR else 7  # the simulator runs a few thousand threads per second
 
 
-def out_len(size: int, k: int, s: int, p: int, d: int) -> int:
-    """SPEC conv2d: H_out = floor((H + 2p - d(k-1) - 1) / s) + 1."""
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def transpose_out_len(size: int, k: int, s: int, p: int, op: int, d: int) -> int:
-    """SPEC conv_transpose2d: H_out = (H - 1)s - 2p + d(k-1) + output_padding + 1."""
-    return (size - 1) * s - 2 * p + d * (k - 1) + op + 1
-
-
-@st.composite
-def conv_case(draw, max_hw: int = MAX_HW):
-    """(x shape, conv2d weight shape, stride, padding, dilation, groups) with a non-empty output."""
-    g = draw(st.integers(1, 2))
-    Cg, Og = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-    N = draw(st.integers(1, 2))
+def geometry(draw, max_hw: int = MAX_HW, max_dilation: int = 3):
+    """(kernel, stride, padding, dilation, (H, W)) as (h, w) pairs, sizes from the smallest with
+    one conv2d output up to ``max_hw``."""
     k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     p = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    d = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    d = (draw(st.integers(1, max_dilation)), draw(st.integers(1, max_dilation)))
     hw = []
     for a in range(2):
         least = max(1, d[a] * (k[a] - 1) + 1 - 2 * p[a])
         hw.append(draw(st.integers(least, max(least, max_hw))))
+    return k, s, p, d, tuple(hw)
+
+
+@st.composite
+def conv_case(draw, max_hw: int = MAX_HW, max_groups: int = 2, depthwise: bool = False):
+    """(x shape, conv2d weight shape, stride, padding, dilation, groups) with a non-empty output;
+    with ``depthwise``, half the cases have one input channel per group (the direct kernels)."""
+    g = draw(st.integers(1, max_groups))
+    Cg, Og = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    if depthwise and draw(st.booleans()):
+        Cg = 1
+    N = draw(st.integers(1, 2))
+    k, s, p, d, hw = geometry(draw, max_hw)
     return (N, g * Cg, *hw), (g * Og, Cg, *k), s, p, d, g
 
 

@@ -8,26 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close
-from hypothesis import HealthCheck, given, settings
+from conftest import SIMULATOR
+from helpers import DTYPES, HYP, assert_close, check_bad_input, check_op, out_len
+from hypothesis import given
 from hypothesis import strategies as st
+from minisegnet.kernels import avg_pool2d as K
 
 import minisegnet as msn
 import minisegnet.functional as F
 import minisegnet.nn as nn
-from conftest import SIMULATOR
-from minisegnet.kernels import avg_pool2d as K
 from minisegnet.testing import gradcheck
 
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-DTYPES = [np.float32, np.float64]
 SMALL = 5 if SIMULATOR else 9  # the simulator runs a few thousand threads per second
 
-
-def out_len(n: int, k: int, s: int, p: int) -> int:
-    """floor((n + 2p - k) / s) + 1 (ceil_mode=False)."""
-    return (n + 2 * p - k) // s + 1
 
 
 @st.composite
@@ -105,21 +98,12 @@ def test_gradcheck(impl, case):
         assert gradcheck(lambda t: F.avg_pool2d(t, k, s, p), [x])
 
 
-def test_matches_pytorch():
+@pytest.mark.parametrize("shape, geo", [((2, 3, 9, 8), (2, 2, 0)), ((2, 2, 9, 9), (3, 2, 1)),
+                                        ((1, 2, 10, 9), ((3, 4), (2, 1), (1, 2)))])
+def test_matches_pytorch(shape, geo):
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(0)
-    for shape, k, s, p in [((2, 3, 9, 8), 2, 2, 0), ((2, 2, 9, 9), 3, 2, 1),
-                           ((1, 2, 10, 9), (3, 4), (2, 1), (1, 2))]:
-        x = rng.standard_normal(shape).astype(np.float32)
-        xt = torch.tensor(x, requires_grad=True)
-        yt = torch.nn.functional.avg_pool2d(xt, k, s, p)
-        gy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
-        yt.backward(torch.tensor(gy))
-        X = msn.Tensor(x, requires_grad=True)
-        y = F.avg_pool2d(X, k, s, p)
-        y.backward(gy)
-        assert_close(y.data, yt.detach().numpy())
-        assert_close(X.grad, xt.grad.numpy())
+    check_op([shape], lambda x: F.avg_pool2d(x, *geo),
+             lambda x: torch.nn.functional.avg_pool2d(x, *geo), dtype=np.float32)
 
 
 X = np.zeros((1, 2, 5, 5), np.float32)
@@ -139,12 +123,7 @@ BAD = [  # (kwargs for avg_pool2d, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    args = dict(input=X, kernel_size=2, stride=None, padding=0)
-    args.update(kwargs)
-    with pytest.raises(exc) as info:
-        F.avg_pool2d(**args)
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
+    check_bad_input(F.avg_pool2d, dict(input=X, kernel_size=2, stride=None, padding=0), kwargs, exc, words)
 
 
 def test_unsupported_modes_are_refused():

@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close
-from hypothesis import HealthCheck, given, settings
+from conftest import SIMULATOR
+from helpers import DTYPES, HYP, assert_close
+from hypothesis import given
 from hypothesis import strategies as st
+from minisegnet.kernels import bed_of_nails as K
 
 import minisegnet as msn
 import minisegnet.functional as F
 import minisegnet.nn as nn
-from conftest import SIMULATOR
 from minisegnet import Tensor
-from minisegnet.kernels import bed_of_nails as K
 from minisegnet.testing import gradcheck
 
 # The `impl` fixture is a plain string: sharing it across hypothesis examples is safe.
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-DTYPES = [np.float32, np.float64]
 SMALL = 3 if SIMULATOR else 6  # the simulator runs a few thousand threads per second
 
 

@@ -7,28 +7,29 @@ from __future__ import annotations
 
 import math
 
+import conv_cases
 import numpy as np
 import pytest
-from helpers import assert_close
-from hypothesis import HealthCheck, given, settings
+from conftest import SIMULATOR
+from helpers import (
+    DTYPES,
+    HYP,
+    SMALL,
+    assert_close,
+    check_bad_input,
+    check_op,
+    impls,
+    numba_threads,
+    out_len,
+)
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minisegnet as msn
 import minisegnet.functional as F
 import minisegnet.nn as nn
-from conftest import SIMULATOR
 from minisegnet.functional import conv as conv_module
 from minisegnet.testing import gradcheck
-
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-DTYPES = [np.float32, np.float64]
-SMALL = 4 if SIMULATOR else 7  # the simulator runs a few thousand threads per second
-
-
-def out_len(size: int, k: int, s: int, p: int, d: int) -> int:
-    """SPEC: H_out = floor((H + 2p - d(k-1) - 1) / s) + 1."""
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def conv2d_oracle(x, w, b, s, p, d, g):
@@ -53,25 +54,9 @@ def conv2d_oracle(x, w, b, s, p, d, g):
     return y.astype(x.dtype)
 
 
-@st.composite
-def conv_case(draw):
-    """(x shape, w shape, stride, padding, dilation, groups) with a non-empty output."""
-    g = draw(st.integers(1, 3))
-    Cg = draw(st.integers(1, 2))
-    Og = draw(st.integers(1, 2))
-    depthwise = draw(st.booleans())
-    if depthwise:  # groups = C, weight (m*C, 1, k, k): the direct depthwise kernels
-        Cg = 1
-    N = draw(st.integers(1, 2))
-    k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    p = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    d = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    hw = []
-    for a in range(2):
-        least = max(1, d[a] * (k[a] - 1) + 1 - 2 * p[a])
-        hw.append(draw(st.integers(least, max(least, SMALL))))
-    return (N, g * Cg, *hw), (g * Og, Cg, *k), s, p, d, g
+def conv_case():
+    """conv2d settings with a non-empty output, depthwise ones (groups = C) among them."""
+    return conv_cases.conv_case(max_hw=SMALL, max_groups=3, depthwise=True)
 
 
 def tensors(case, dtype, seed, requires_grad=False, bias=True):
@@ -138,6 +123,7 @@ def grads(impl, x, w, b, s, p, d, g, gy):
 @given(case=conv_case(), seed=st.integers(0, 2**16))
 @HYP
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls("im2col", without=("reference",)))
 def test_backward_matches_reference(impl, dtype, case, seed):
     x, w, b = tensors(case, dtype, seed)
     s, p, d, g = case[2:]
@@ -233,19 +219,13 @@ def test_blocks_tile_the_grid_for_every_core(N, oh, row_bytes, budget, parts):
 def test_cpu_results_do_not_depend_on_the_worker_count(monkeypatch):
     # The numba conv runs its blocks one per core (minisegnet/_cpu_pool.py); with one worker the
     # same blocks run in this thread. Both must agree with the reference and with each other.
-    import numba
-
     monkeypatch.setattr(conv_module, "PER_CORE_MIN_FLOPS", 0)  # all cores, however small
     x, w, b = tensors(((3, 4, 9, 8), (6, 4, 3, 3)), np.float64, 5)
     gy = np.random.default_rng(6).standard_normal((3, 6, 9, 8))
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
+    with numba_threads(1):
         one = grads("numba", x, w, b, 1, 1, 1, 1, gy)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    with numba_threads(2):
         two = grads("numba", x, w, b, 1, 1, 1, 1, gy)
-    finally:
-        numba.set_num_threads(before)
     for a, c, e in zip(one, two, grads("reference", x, w, b, 1, 1, 1, 1, gy)):
         assert_close(a, e)
         assert_close(c, e)
@@ -280,20 +260,13 @@ def test_float32_in_float32_out(impl):
     assert y.dtype == np.float32 and X.grad.dtype == np.float32 and Wt.grad.dtype == np.float32
 
 
-def test_matches_pytorch():
+@pytest.mark.parametrize("xs, ws, geo", [((2, 4, 9, 8), (6, 2, 3, 3), (2, 1, 1, 2)),
+                                         ((1, 3, 12, 12), (5, 3, 3, 3), (1, 4, 4, 1)),
+                                         ((2, 4, 7, 7), (8, 1, 3, 3), (1, 1, 2, 4))])
+def test_matches_pytorch(xs, ws, geo):
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(0)
-    for xs, ws, s, p, d, g in [((2, 4, 9, 8), (6, 2, 3, 3), 2, 1, 1, 2),
-                               ((1, 3, 12, 12), (5, 3, 3, 3), 1, 4, 4, 1),
-                               ((2, 4, 7, 7), (8, 1, 3, 3), 1, 1, 2, 4)]:
-        x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
-        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-        yt = torch.nn.functional.conv2d(xt, wt, bt, s, p, d, g)
-        gy = rng.standard_normal(tuple(yt.shape))
-        yt.backward(torch.tensor(gy))
-        got = grads("numba", x, w, b, s, p, d, g, gy)
-        for a, e in zip(got, (yt, xt.grad, wt.grad, bt.grad)):
-            assert_close(a, e.detach().numpy())
+    check_op([xs, ws, ws[:1]], lambda x, w, b: F.conv2d(x, w, b, *geo),
+             lambda x, w, b: torch.nn.functional.conv2d(x, w, b, *geo))
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -327,12 +300,7 @@ BAD = [  # (kwargs for conv2d, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    args = dict(x=X, weight=W, bias=None, stride=1, padding=0, dilation=1, groups=1)
-    args.update(kwargs)
-    with pytest.raises(exc) as info:
-        F.conv2d(**args)
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
+    check_bad_input(F.conv2d, dict(x=X, weight=W, bias=None, stride=1, padding=0, dilation=1, groups=1), kwargs, exc, words)
 
 
 # ---- layers --------------------------------------------------------------------------------

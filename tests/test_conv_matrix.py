@@ -8,18 +8,14 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import assert_close
-from hypothesis import HealthCheck, given, settings
+from conv_cases import conv_case, out_len, transpose_case
+from helpers import HYP, assert_close
+from hypothesis import given
 from hypothesis import strategies as st
+from minisegnet.kernels.conv_matrix import conv_matrix, conv_transpose_matrix
 
 import minisegnet as msn
 import minisegnet.functional as F
-from conv_cases import conv_case, out_len, transpose_case
-from minisegnet.kernels.conv_matrix import conv_matrix, conv_transpose_matrix
-
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-
 
 # ---- the worked example ----------------------------------------------------------------------
 

@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close
-from hypothesis import HealthCheck, given, settings
+from conftest import SIMULATOR
+from conv_cases import conv_case, out_len, transpose_case, transpose_out_len
+from helpers import HYP, assert_close
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minisegnet as msn
 import minisegnet.functional as F
 import minisegnet.nn as nn
-from conftest import SIMULATOR
-from conv_cases import conv_case, out_len, transpose_case, transpose_out_len
-
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
 
 
 def rand(shape, seed, dtype=np.float64):

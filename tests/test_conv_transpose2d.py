@@ -9,26 +9,19 @@ import math
 
 import numpy as np
 import pytest
-from helpers import assert_close
-from hypothesis import HealthCheck, given, settings
+from conftest import SIMULATOR
+from helpers import DTYPES, HYP, assert_close, check_bad_input, check_op, transpose_out_len
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minisegnet as msn
 import minisegnet.functional as F
 import minisegnet.nn as nn
-from conftest import SIMULATOR
 from minisegnet.functional import conv as conv_module
 from minisegnet.testing import gradcheck
 
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-DTYPES = [np.float32, np.float64]
 SMALL = 3 if SIMULATOR else 5  # input sizes; the simulator runs a few thousand threads a second
 
-
-def out_len(size: int, k: int, s: int, p: int, op: int, d: int) -> int:
-    """SPEC: H_out = (H - 1)s - 2p + d(k-1) + output_padding + 1."""
-    return (size - 1) * s - 2 * p + d * (k - 1) + op + 1
 
 
 def conv_transpose2d_oracle(x, w, b, s, p, op, g, d):
@@ -36,7 +29,7 @@ def conv_transpose2d_oracle(x, w, b, s, p, op, g, d):
     (i*s - p + kp*d, j*s - p + kq*d) of channel (group of c)*O/G + o'; off-grid taps drop."""
     N, C, H, W = x.shape
     _, Og, KH, KW = w.shape
-    OH, OW = out_len(H, KH, s[0], p[0], op[0], d[0]), out_len(W, KW, s[1], p[1], op[1], d[1])
+    OH, OW = transpose_out_len(H, KH, s[0], p[0], op[0], d[0]), transpose_out_len(W, KW, s[1], p[1], op[1], d[1])
     y = np.zeros((N, Og * g, OH, OW), dtype=np.float64)
     for n in range(N):
         for c in range(C):
@@ -72,7 +65,7 @@ def convT_case(draw):
     hw = []
     for a in range(2):  # the smallest input whose output is non-empty, plus a few more
         least = 1
-        while out_len(least, k[a], s[a], p[a], op[a], d[a]) < 1:
+        while transpose_out_len(least, k[a], s[a], p[a], op[a], d[a]) < 1:
             least += 1
         hw.append(draw(st.integers(least, max(least, SMALL))))
     return (N, g * Cg, *hw), (g * Cg, Og, *k), s, p, op, g, d
@@ -103,8 +96,8 @@ def test_forward_matches_definition(impl, dtype, case, seed, bias):
 def test_output_size_follows_spec(case):
     xs, ws, s, p, op, g, d = case
     y = F.conv_transpose2d(np.zeros(xs, np.float32), np.zeros(ws, np.float32), None, s, p, op, g, d)
-    expected = (xs[0], ws[1] * g, out_len(xs[2], ws[2], s[0], p[0], op[0], d[0]),
-                out_len(xs[3], ws[3], s[1], p[1], op[1], d[1]))
+    expected = (xs[0], ws[1] * g, transpose_out_len(xs[2], ws[2], s[0], p[0], op[0], d[0]),
+                transpose_out_len(xs[3], ws[3], s[1], p[1], op[1], d[1]))
     assert y.shape == expected
     assert F.conv_transpose_output_size(xs[2], ws[2], s[0], p[0], op[0], d[0]) == expected[2]
 
@@ -260,21 +253,14 @@ def test_col2im_phases_for_fcn_upsampling():
     assert conv_module._col2im_phases(blocks, 1, 0, 12, 16, 2) is None
 
 
-def test_matches_pytorch():
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(0)
-    for xs, ws, geo in [((2, 4, 5, 6), (4, 3, 3, 3), (2, 1, 1, 2, 1)),
-                        ((1, 3, 4, 4), (3, 2, 4, 4), (2, 1, 0, 1, 1)),
-                        ((2, 2, 4, 5), (2, 3, 3, 2), ((1, 3), (2, 0), (1, 2), 1, (3, 1)))]:
-        x, w = rng.standard_normal(xs), rng.standard_normal(ws)
-        b = rng.standard_normal(ws[1] * geo[3])
-        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-        yt = torch.nn.functional.conv_transpose2d(xt, wt, bt, *geo)
-        gy = rng.standard_normal(tuple(yt.shape))
-        yt.backward(torch.tensor(gy))
-        got = grads("numba", x, w, b, geo, gy)
-        for a, e in zip(got, (yt, xt.grad, wt.grad, bt.grad)):
-            assert_close(a, e.detach().numpy())
+@pytest.mark.parametrize("xs, ws, geo", [((2, 4, 5, 6), (4, 3, 3, 3), (2, 1, 1, 2, 1)),
+                                         ((1, 3, 4, 4), (3, 2, 4, 4), (2, 1, 0, 1, 1)),
+                                         ((2, 2, 4, 5), (2, 3, 3, 2),
+                                          ((1, 3), (2, 0), (1, 2), 1, (3, 1)))])
+def test_matches_pytorch(xs, ws, geo):
+    torch = pytest.importorskip("torch")  # geo: stride, padding, output_padding, groups, dilation
+    check_op([xs, ws, (ws[1] * geo[3],)], lambda x, w, b: F.conv_transpose2d(x, w, b, *geo),
+             lambda x, w, b: torch.nn.functional.conv_transpose2d(x, w, b, *geo))
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -303,16 +289,7 @@ BAD = [  # (kwargs for conv_transpose2d, exception, words the message must conta
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    args = dict(x=X, weight=W, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                dilation=1)
-    args.update(kwargs)
-    if exc is None:
-        F.conv_transpose2d(**args)
-        return
-    with pytest.raises(exc) as info:
-        F.conv_transpose2d(**args)
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
+    check_bad_input(F.conv_transpose2d, dict(x=X, weight=W, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1), kwargs, exc, words)
 
 
 # ---- layer ---------------------------------------------------------------------------------

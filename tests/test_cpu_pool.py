@@ -7,6 +7,7 @@ import threading
 
 import numba
 import pytest
+from helpers import numba_threads
 from threadpoolctl import threadpool_info
 
 from minisegnet import _cpu_pool
@@ -18,12 +19,8 @@ def blas_threads() -> list[int]:
 
 @pytest.fixture
 def two_workers():
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("Numba was started with one thread: the pool runs jobs inline")
-    before = numba.get_num_threads()
-    numba.set_num_threads(2)
-    yield
-    numba.set_num_threads(before)
+    with numba_threads(2):  # tests/conftest.py starts Numba with 2+ threads on any runner
+        yield
 
 
 def test_results_in_order_on_pool_threads_with_single_threaded_blas(two_workers):
@@ -79,12 +76,8 @@ def test_concurrent_and_nested_callers_share_one_hold(two_workers):
 
 
 def test_one_worker_runs_inline():
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
+    with numba_threads(1):
         names = _cpu_pool.map_blocks(lambda b: threading.current_thread().name, [0, 1, 2])
-    finally:
-        numba.set_num_threads(before)
     assert names == [threading.current_thread().name] * 3
 
 

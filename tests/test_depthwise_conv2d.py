@@ -5,23 +5,20 @@ dispatches to these kernels, against the explicit convolution matrix."""
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
-from helpers import assert_close
-from hypothesis import HealthCheck, given, settings
+from conftest import SIMULATOR
+from conv_cases import geometry
+from helpers import DTYPES, HYP, assert_close, numba_threads, out_len
+from hypothesis import given
 from hypothesis import strategies as st
+from minisegnet.kernels import depthwise_conv2d as K
+from minisegnet.kernels.conv_matrix import conv_matrix, conv_transpose_matrix
 
 import minisegnet as msn
 import minisegnet.functional as F
-from conftest import SIMULATOR
-from minisegnet.kernels import depthwise_conv2d as K
-from minisegnet.kernels.conv_matrix import conv_matrix, conv_transpose_matrix
 from minisegnet.testing import gradcheck
 
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-DTYPES = [np.float32, np.float64]
 # The simulator runs a few thousand threads per second: tiny planes and few channels there.
 MAX_HW = 4 if SIMULATOR else 9
 MAX_C = 2 if SIMULATOR else 3
@@ -30,10 +27,6 @@ FWD, BWI, BWW = ("depthwise_conv2d", "depthwise_conv2d_backward_input",
                  "depthwise_conv2d_backward_weight")
 
 
-def out_len(size: int, k: int, s: int, p: int, d: int) -> int:
-    """SPEC: H_out = floor((H + 2p - d(k-1) - 1) / s) + 1."""
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
 
 @st.composite
 def dw_case(draw):
@@ -41,14 +34,7 @@ def dw_case(draw):
     N = draw(st.integers(1, 2))
     C = draw(st.integers(1, MAX_C))
     m = draw(st.integers(1, 2))
-    k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    p = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    hw = []
-    for a in range(2):
-        least = max(1, d[a] * (k[a] - 1) + 1 - 2 * p[a])
-        hw.append(draw(st.integers(least, max(least, MAX_HW))))
+    k, s, p, d, hw = geometry(draw, MAX_HW, max_dilation=2)
     return (N, C, *hw), (C * m, 1, *k), s, p, d
 
 
@@ -145,16 +131,12 @@ def test_numba_results_do_not_depend_on_the_thread_count():
     """Per-image partial sums reduced in image order: the same bits on 1 thread or on all."""
     x, w, gy = arrays(((4, 3, 11, 10), (6, 1, 3, 3), (1, 1), (1, 1), (1, 1)), np.float32, 5)
     geo = ((1, 1), (1, 1), (1, 1))
-    before = numba.get_num_threads()
     results = []
-    try:
-        for n in sorted({1, before}):
-            numba.set_num_threads(n)
+    for n in (1, 2):
+        with numba_threads(n):
             results.append((K.depthwise_conv2d_numba(x, w, *geo),
                             K.depthwise_conv2d_backward_input_numba(gy, w, x.shape, *geo),
                             K.depthwise_conv2d_backward_weight_numba(x, gy, w.shape, *geo)))
-    finally:
-        numba.set_num_threads(before)
     for a, b in zip(results[0], results[-1]):
         np.testing.assert_array_equal(a, b)
 

@@ -3,24 +3,17 @@ adjoint identity <im2col(x), c> = <x, col2im(c)> that makes col2im the transpose
 
 from __future__ import annotations
 
+import conv_cases
 import numpy as np
 import pytest
-from helpers import assert_close
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from conftest import SIMULATOR
+from helpers import DTYPES, HYP, SMALL, assert_close, out_len
+from hypothesis import given
+from hypothesis import strategies as st
 from minisegnet.kernels import im2col as K
 
 # The `impl` fixture is a plain string: sharing it across hypothesis examples is safe.
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-DTYPES = [np.float32, np.float64]
-SMALL = 4 if SIMULATOR else 7  # the simulator runs a few thousand threads per second
 
-
-def out_len(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 @st.composite
@@ -28,14 +21,7 @@ def geometry(draw):
     """(x shape, kernel, stride, padding, dilation, out grid) with a non-empty output grid."""
     N = draw(st.integers(1, 2))
     C = draw(st.integers(1, 3))
-    k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    p = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    d = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    hw = []
-    for a in range(2):  # the smallest size with one output, plus a few more
-        least = max(1, d[a] * (k[a] - 1) + 1 - 2 * p[a])
-        hw.append(draw(st.integers(least, max(least, SMALL))))
+    k, s, p, d, hw = conv_cases.geometry(draw, SMALL)
     out = (out_len(hw[0], k[0], s[0], p[0], d[0]), out_len(hw[1], k[1], s[1], p[1], d[1]))
     # A smaller grid than the conv2d formula gives is legal too (transposed convs need it).
     if draw(st.booleans()) and out[0] > 1:

@@ -14,23 +14,18 @@ import math
 
 import numpy as np
 import pytest
-from helpers import assert_close
-from hypothesis import HealthCheck, assume, given, settings
+from helpers import DTYPES, HYP, SMALL, assert_close, check_op
+from hypothesis import assume, given
 from hypothesis import strategies as st
+from minisegnet.kernels import interpolate as K
 
 import minisegnet as msn
 import minisegnet.functional as F
 import minisegnet.nn as nn
-from conftest import SIMULATOR
 from minisegnet import Tensor
-from minisegnet.kernels import interpolate as K
 from minisegnet.testing import gradcheck
 
 # The `impl` fixture is a plain string: sharing it across hypothesis examples is safe.
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-DTYPES = [np.float32, np.float64]
-SMALL = 4 if SIMULATOR else 7  # the simulator runs a few thousand threads per second
 FACTORS = [0.5, 0.6, 0.75, 1.0, 4 / 3, 1.5, 1.7, 2.0, 2.5, 3.0]  # incl. non-integer, downsampling
 
 
@@ -355,12 +350,6 @@ def test_matches_pytorch(dtype, case, seed):
     shape, kw = case
     out = out_shape(shape, kw)
     assume(not _pytorch_shortcut(shape, kw, out[2:]))
-    r = np.random.default_rng(seed)
-    x = r.standard_normal(shape).astype(dtype)
-    gy = r.standard_normal(out).astype(dtype)
-    y, gx = run("numba", x, gy, **kw)
-    xt = torch.tensor(x, requires_grad=True)
-    yt = torch.nn.functional.interpolate(xt, **kw)
-    yt.backward(torch.tensor(gy))
-    assert_close(y, yt.detach().numpy(), what=f"forward {kw}")
-    assert_close(gx, xt.grad.numpy(), scale=4.0, what=f"backward {kw}")
+    check_op([shape], lambda x: F.interpolate(x, **kw),
+             lambda x: torch.nn.functional.interpolate(x, **kw), dtype=dtype, seed=seed,
+             scale=4.0)

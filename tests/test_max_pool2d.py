@@ -8,26 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close
-from hypothesis import HealthCheck, assume, given, settings
+from conftest import SIMULATOR
+from helpers import DTYPES, HYP, assert_close, check_bad_input, check_op, impls, out_len
+from hypothesis import assume, given
 from hypothesis import strategies as st
+from minisegnet.kernels import max_pool2d as K
 
 import minisegnet as msn
 import minisegnet.functional as F
 import minisegnet.nn as nn
-from conftest import SIMULATOR
-from minisegnet.kernels import max_pool2d as K
 from minisegnet.testing import gradcheck
 
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-DTYPES = [np.float32, np.float64]
 SMALL = 5 if SIMULATOR else 9  # the simulator runs a few thousand threads per second
 
-
-def out_len(n: int, k: int, s: int, p: int, d: int) -> int:
-    """SPEC: as conv2d, floor((n + 2p - d(k-1) - 1) / s) + 1."""
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def has_empty_window(n: int, k: int, s: int, p: int, d: int) -> bool:
@@ -88,6 +81,7 @@ def random_in_window_indices(shape, k, s, p, d, seed):
 @given(case=pool_case(), seed=st.integers(0, 2**16))
 @HYP
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls("max_pool2d", without=("reference",)))
 def test_forward_matches_reference(impl, dtype, case, seed):
     shape, k, s, p, d = case
     x = data(shape, dtype, seed)
@@ -103,6 +97,7 @@ def test_forward_matches_reference(impl, dtype, case, seed):
 
 @given(case=pool_case(allow_empty_windows=True), seed=st.integers(0, 2**16))
 @HYP
+@pytest.mark.parametrize("impl", impls("max_pool2d", without=("reference",)))
 def test_kernels_match_reference_even_on_windows_in_the_padding(impl, case, seed):
     # The functional layer refuses windows with no tap inside the input; the kernels still give
     # -inf and index -1 there, never reading out of bounds.
@@ -137,6 +132,7 @@ def test_reference_follows_the_spec_on_worked_examples():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls("max_pool2d", without=("reference",)))
 def test_2x2_fast_path_matches_reference(impl, dtype):
     # The U-Net / SegNet case has its own CPU kernels: odd sizes leave a row and a column out.
     x = data((2, 3, 7, 5) if not SIMULATOR else (1, 2, 5, 3), dtype, 7)
@@ -158,6 +154,7 @@ def test_2x2_fast_path_matches_reference(impl, dtype):
 @given(case=pool_case(), seed=st.integers(0, 2**16))
 @HYP
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls("max_pool2d", without=("reference",)))
 def test_backward_matches_reference(impl, dtype, case, seed):
     shape, k, s, p, d = case
     x = data(shape, dtype, seed)
@@ -208,22 +205,15 @@ def test_gradcheck(impl, case):
         assert gradcheck(lambda t: F.max_pool2d(t, k, s, p, d), [x])
 
 
-def test_matches_pytorch():
+@pytest.mark.parametrize("shape, geo", [((2, 3, 9, 8), (2, 2, 0, 1)), ((2, 2, 9, 9), (3, 2, 1, 1)),
+                                        ((1, 2, 10, 9), ((3, 2), (2, 1), (1, 1), (2, 3)))])
+def test_matches_pytorch(shape, geo):
     torch = pytest.importorskip("torch")
-    for shape, k, s, p, d in [((2, 3, 9, 8), 2, 2, 0, 1), ((2, 2, 9, 9), 3, 2, 1, 1),
-                              ((1, 2, 10, 9), (3, 2), (2, 1), (1, 1), (2, 3))]:
-        x = data(shape, np.float32, 3, special=False)  # ties: PyTorch also keeps the first max
-        x[0, 0, 0, :2] = -np.inf
-        xt = torch.tensor(x, requires_grad=True)
-        yt, it = torch.nn.functional.max_pool2d(xt, k, s, p, d, return_indices=True)
-        gy = np.random.default_rng(0).standard_normal(tuple(yt.shape)).astype(np.float32)
-        yt.backward(torch.tensor(gy))
-        X = msn.Tensor(x, requires_grad=True)
-        y, idx = F.max_pool2d(X, k, s, p, d, return_indices=True)
-        y.backward(gy)
-        np.testing.assert_array_equal(y.numpy(), yt.detach().numpy())
-        np.testing.assert_array_equal(idx.numpy(), it.numpy())
-        assert_close(X.grad, xt.grad.numpy())
+    x = data(shape, np.float32, 3, special=False)  # ties: PyTorch also keeps the first max
+    x[0, 0, 0, :2] = -np.inf
+    check_op([], lambda t: F.max_pool2d(t, *geo, return_indices=True),
+             lambda t: torch.nn.functional.max_pool2d(t, *geo, return_indices=True),
+             inputs=[x], exact=True)
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -249,12 +239,7 @@ BAD = [  # (kwargs for max_pool2d, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    args = dict(input=X, kernel_size=2, stride=None, padding=0, dilation=1)
-    args.update(kwargs)
-    with pytest.raises(exc) as info:
-        F.max_pool2d(**args)
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
+    check_bad_input(F.max_pool2d, dict(input=X, kernel_size=2, stride=None, padding=0, dilation=1), kwargs, exc, words)
 
 
 def test_ceil_mode_is_refused():

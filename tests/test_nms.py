@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close, run_with_memory_limit
-from hypothesis import HealthCheck, given, settings
+from conftest import SIMULATOR
+from helpers import DTYPES, HYP, assert_close, check_bad_input, run_with_memory_limit
+from hypothesis import given
 from hypothesis import strategies as st
+from minisegnet.kernels import nms as K
 
 import minisegnet as msn
 import minisegnet.functional as F
-from conftest import SIMULATOR
-from minisegnet.kernels import nms as K
 
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-DTYPES = [np.float32, np.float64]
 MAXK = 12 if SIMULATOR else 40
 
 
@@ -203,12 +200,7 @@ BAD_NMS = [  # (kwargs for nms, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD_NMS, ids=[str(i) for i in range(len(BAD_NMS))])
 def test_nms_bad_input(kwargs, exc, words):
-    args = dict(boxes=BOX, scores=np.zeros(3, np.float32), iou_threshold=0.5)
-    args.update(kwargs)
-    with pytest.raises(exc) as info:
-        F.nms(**args)
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
+    check_bad_input(F.nms, dict(boxes=BOX, scores=np.zeros(3, np.float32), iou_threshold=0.5), kwargs, exc, words)
 
 
 def test_box_iou_bad_input():

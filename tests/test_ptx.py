@@ -11,9 +11,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-import pytest
-
 import minisegnet.kernels as kernels_pkg
+import pytest
 from minisegnet.kernels._cuda import PTX_CC
 
 MODULES = sorted(

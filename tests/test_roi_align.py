@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close, run_with_memory_limit
-from hypothesis import HealthCheck, given, settings
+from conftest import SIMULATOR
+from helpers import (
+    DTYPES,
+    HYP,
+    assert_close,
+    check_bad_input,
+    impls,
+    missing_impls,
+    run_with_memory_limit,
+)
+from hypothesis import given
 from hypothesis import strategies as st
+from minisegnet.kernels import roi_align as K
 
 import minisegnet as msn
 import minisegnet.functional as F
 import minisegnet.nn as nn
-from conftest import SIMULATOR
-from minisegnet.kernels import roi_align as K
 from minisegnet.testing import gradcheck
 
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-DTYPES = [np.float32, np.float64]
 SMALL = 4 if SIMULATOR else 7  # the simulator runs a few thousand threads per second
 SCALES = [1.0, 0.5, 0.75, 1.25]
 
@@ -58,10 +63,6 @@ def align_case(draw):
     return (N, C, H, W), np.array(rows), out, scale, sampling_ratio, aligned
 
 
-def expect_missing(impl: str) -> bool:
-    """roi_align has no numpy implementation: the registry must say so."""
-    return impl == "numpy"
-
 
 # ---- every implementation against the reference --------------------------------------------
 
@@ -69,6 +70,7 @@ def expect_missing(impl: str) -> bool:
 @given(case=align_case(), seed=st.integers(0, 2**16))
 @HYP
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls("roi_align", without=("reference",)))
 def test_forward_and_backward_match_reference(impl, dtype, case, seed):
     shape, boxes, out, scale, sr, aligned = case
     rng = np.random.default_rng(seed)
@@ -76,10 +78,6 @@ def test_forward_and_backward_match_reference(impl, dtype, case, seed):
     gy = rng.standard_normal((len(boxes), shape[1]) + out).astype(dtype)
     X = msn.Tensor(x, requires_grad=True)
     with msn.use_impl(impl):
-        if expect_missing(impl):
-            with pytest.raises(NotImplementedError, match="roi_align"):
-                F.roi_align(X, boxes, out, scale, sr, aligned)
-            return
         y = F.roi_align(X, boxes, out, scale, sr, aligned)
         y.backward(gy)
     b = boxes.astype(dtype)
@@ -92,11 +90,10 @@ def test_forward_and_backward_match_reference(impl, dtype, case, seed):
 
 @given(case=align_case(), seed=st.integers(0, 2**16))
 @HYP
+@pytest.mark.parametrize("impl", impls("roi_align"))
 def test_backward_is_the_adjoint(impl, case, seed):
     # With the boxes fixed RoIAlign is linear, y = A x; its backward must be A^T:
     # <A x, v> = <x, A^T v>.
-    if expect_missing(impl):
-        return
     shape, boxes, out, scale, sr, aligned = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape)
@@ -108,6 +105,12 @@ def test_backward_is_the_adjoint(impl, case, seed):
     assert abs(lhs - rhs) <= 1e-12 * (1 + abs(lhs) + float(np.abs(x).sum())), (lhs, rhs)
 
 
+@pytest.mark.parametrize("impl", missing_impls("roi_align"))
+def test_a_missing_implementation_says_so(impl):
+    with msn.use_impl(impl), pytest.raises(NotImplementedError, match=f"roi_align.*{impl}"):
+        F.roi_align(np.zeros((1, 1, 4, 4)), np.array([[0, 0, 0, 2, 2.0]]), 2)
+
+
 # ---- exact cases designed from the formula -------------------------------------------------
 
 
@@ -116,11 +119,10 @@ def box_all(W: int, H: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls("roi_align"))
 def test_aligned_box_over_the_map_reproduces_the_pixels(impl, dtype):
     # aligned=True, box [0, 0, W, H], output (H, W), one sample per bin: start = -0.5, bin = 1,
     # the sample of bin (i, j) is at (-0.5 + i + 0.5, -0.5 + j + 0.5) = (i, j): a pixel centre.
-    if expect_missing(impl):
-        return
     H, W = (3, 4) if SIMULATOR else (5, 7)
     x = np.random.default_rng(0).standard_normal((1, 2, H, W)).astype(dtype)
     with msn.use_impl(impl):
@@ -129,11 +131,10 @@ def test_aligned_box_over_the_map_reproduces_the_pixels(impl, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls("roi_align"))
 def test_unaligned_box_samples_between_the_pixels(impl, dtype):
     # aligned=False, same box: start = 0, the sample of bin (i, j) is at (i + 0.5, j + 0.5): the
     # mean of the 2x2 pixels around it, the last row/column clamped (y_low >= H-1 rule).
-    if expect_missing(impl):
-        return
     H, W = (3, 4) if SIMULATOR else (5, 7)
     x = np.random.default_rng(1).standard_normal((1, 2, H, W)).astype(dtype)
     e = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)), mode="edge")  # replicate the last row/col
@@ -172,9 +173,8 @@ def bilinear(x: np.ndarray, y: float, xx: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls("roi_align"))
 def test_samples_beyond_one_pixel_outside_count_as_zeros(impl, dtype):
-    if expect_missing(impl):
-        return
     x = np.random.default_rng(2).standard_normal((1, 2, 4, 4)).astype(dtype)
     with msn.use_impl(impl):
         # aligned, x from -2 to 4 over 6 bins, one sample each: samples at x = -2 .. 3. x = -2 is
@@ -248,10 +248,9 @@ GRADCHECK_CASES = [  # (x shape, boxes, output size, scale, sampling_ratio, alig
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=range(len(GRADCHECK_CASES)))
+@pytest.mark.parametrize("impl", impls("roi_align"))
 def test_gradcheck(impl, case):
     shape, boxes, out, scale, sr, aligned = case
-    if expect_missing(impl):
-        return
     if impl == "cuda" and SIMULATOR and np.prod(shape) > 10:
         pytest.skip("hundreds of launches: the simulator is too slow; values are compared above")
     x = np.random.default_rng(5).standard_normal(shape)
@@ -276,24 +275,18 @@ def test_cuda_backward_atomics_agree_run_to_run():
                                                          1.0, 2, False), scale=6)
 
 
-def test_matches_torchvision():
+TV_BOXES = np.array([[0, 0.5, 1.25, 6.75, 7.5], [1, -2.5, -1.0, 3.0, 4.25], [1, 5, 6, 12, 11],
+                     [0, 3, 3, 3, 3], [1, 4.0, 2.0, 3.5, 6.0]], np.float32)
+
+
+@pytest.mark.parametrize("args", [((3, 3), 1.0, -1, False), ((2, 4), 0.5, 2, True),
+                                  ((7, 7), 0.75, 0, True), ((5, 3), 1.25, 1, False)])
+def test_matches_torchvision(args):
     torch = pytest.importorskip("torch")
     tv = pytest.importorskip("torchvision")
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
-    boxes = np.array([[0, 0.5, 1.25, 6.75, 7.5], [1, -2.5, -1.0, 3.0, 4.25], [1, 5, 6, 12, 11],
-                      [0, 3, 3, 3, 3], [1, 4.0, 2.0, 3.5, 6.0]], np.float32)
-    for out, scale, sr, aligned in [((3, 3), 1.0, -1, False), ((2, 4), 0.5, 2, True),
-                                    ((7, 7), 0.75, 0, True), ((5, 3), 1.25, 1, False)]:
-        xt = torch.tensor(x, requires_grad=True)
-        yt = tv.ops.roi_align(xt, torch.tensor(boxes), out, scale, sr, aligned)
-        gy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
-        yt.backward(torch.tensor(gy))
-        X = msn.Tensor(x, requires_grad=True)
-        y = F.roi_align(X, boxes, out, scale, sr, aligned)
-        y.backward(gy)
-        assert_close(y.numpy(), yt.detach().numpy())
-        assert_close(X.grad, xt.grad.numpy(), scale=len(boxes))
+    check_op([(2, 3, 9, 8)], lambda x: F.roi_align(x, TV_BOXES, *args),
+             lambda x: tv.ops.roi_align(x, torch.tensor(TV_BOXES), *args), dtype=np.float32,
+             scale=len(TV_BOXES))
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -334,21 +327,15 @@ BAD = [  # (kwargs for roi_align, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    args = dict(input=X, boxes=B, output_size=2, spatial_scale=1.0, sampling_ratio=-1,
-                aligned=False)
-    args.update(kwargs)
-    with pytest.raises(exc) as info:
-        F.roi_align(**args)
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
+    check_bad_input(F.roi_align, dict(input=X, boxes=B, output_size=2, spatial_scale=1.0, sampling_ratio=-1,
+                aligned=False), kwargs, exc, words)
 
 
 @given(case=align_case(), seed=st.integers(0, 2**16))
 @HYP
+@pytest.mark.parametrize("impl", impls("roi_align", without=("reference",)))
 def test_kernels_stay_in_bounds_on_out_of_range_batch_indices(impl, case, seed):
     # The functional layer rejects such boxes; the kernels still give zeros for them.
-    if expect_missing(impl):
-        return
     shape, boxes, out, scale, sr, aligned = case
     boxes = boxes.copy()
     boxes[0, 0] = shape[0] + 3
@@ -402,12 +389,10 @@ BIG_BOXES = [  # [b, x1, y1, x2, y2] on an 8 x 6 map: far outside on every side,
 
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sr", [-1, 3])
+@pytest.mark.parametrize("impl", impls("roi_align"))
 def test_visiting_only_samples_near_the_map_equals_visiting_all(impl, monkeypatch, aligned, sr):
     # The reference with every sample of every bin visited (its range helper swapped for the full
     # grid) is the brute force: the bisection may skip only samples that add 0.
-    if expect_missing(impl):
-        pytest.skip("roi_align has no numpy implementation (test_forward_and_backward_... "
-                    "checks the NotImplementedError)")
     x = np.random.default_rng(5).standard_normal((1, 3, 6, 8))
     boxes, out = np.array(BIG_BOXES, np.float64), (3, 2)
     gy = np.random.default_rng(6).standard_normal((len(boxes), 3) + out)

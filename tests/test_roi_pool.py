@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close, run_with_memory_limit
-from hypothesis import HealthCheck, given, settings
+from conftest import SIMULATOR
+from helpers import (
+    DTYPES,
+    HYP,
+    assert_close,
+    check_bad_input,
+    impls,
+    missing_impls,
+    run_with_memory_limit,
+)
+from hypothesis import given
 from hypothesis import strategies as st
+from minisegnet.kernels import roi_pool as K
 
 import minisegnet as msn
 import minisegnet.functional as F
 import minisegnet.nn as nn
-from conftest import SIMULATOR
-from minisegnet.kernels import roi_pool as K
 from minisegnet.testing import gradcheck
 
-HYP = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large])
-DTYPES = [np.float32, np.float64]
 SMALL = 4 if SIMULATOR else 8
 
 
@@ -60,10 +65,6 @@ def distinct(shape, seed=0):
     return np.random.default_rng(seed).permutation(n).reshape(shape) * 0.1 - n * 0.05
 
 
-def expect_missing(impl: str) -> bool:
-    """roi_pool has no numpy implementation: the registry must say so."""
-    return impl == "numpy"
-
 
 # ---- every implementation against the reference --------------------------------------------
 
@@ -71,16 +72,13 @@ def expect_missing(impl: str) -> bool:
 @given(case=pool_case(), seed=st.integers(0, 2**16))
 @HYP
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls("roi_pool", without=("reference",)))
 def test_forward_and_backward_match_reference(impl, dtype, case, seed):
     shape, boxes, out, scale = case
     x = data(shape, dtype, seed)
     gy = np.random.default_rng(seed).standard_normal((len(boxes), shape[1]) + out).astype(dtype)
     X = msn.Tensor(x, requires_grad=True)
     with msn.use_impl(impl):
-        if expect_missing(impl):
-            with pytest.raises(NotImplementedError, match="roi_pool"):
-                F.roi_pool(X, boxes, out, scale)
-            return
         y = F.roi_pool(X, boxes, out, scale)
         y.backward(gy)
     b = boxes.astype(dtype)
@@ -91,14 +89,19 @@ def test_forward_and_backward_match_reference(impl, dtype, case, seed):
                  scale=len(boxes), what=f"{case}")
 
 
+@pytest.mark.parametrize("impl", missing_impls("roi_pool"))
+def test_a_missing_implementation_says_so(impl):
+    with msn.use_impl(impl), pytest.raises(NotImplementedError, match=f"roi_pool.*{impl}"):
+        F.roi_pool(np.zeros((1, 1, 4, 4)), np.array([[0, 0, 0, 2, 2.0]]), 2)
+
+
 @given(case=pool_case(), seed=st.integers(0, 2**16))
 @HYP
+@pytest.mark.parametrize("impl", impls("roi_pool", without=("reference",)))
 def test_kernels_argmax_ties_nan_and_bad_batch_indices(impl, case, seed):
     # Straight to the kernels: the argmax must match too (first maximum in row-major order; the
     # first NaN wins), and boxes with a batch index outside [0, N) (which the functional layer
     # rejects) give zeros and -1 without reading out of bounds.
-    if expect_missing(impl):
-        return
     shape, boxes, out, scale = case
     boxes = boxes.copy()
     boxes[-1, 0] = shape[0] + 2 if seed % 2 else -1
@@ -116,11 +119,10 @@ def test_kernels_argmax_ties_nan_and_bad_batch_indices(impl, case, seed):
 
 @given(case=pool_case(), seed=st.integers(0, 2**16))
 @HYP
+@pytest.mark.parametrize("impl", impls("roi_pool"))
 def test_backward_is_the_adjoint_of_the_argmax_gather(impl, case, seed):
     # With the argmax fixed, RoIPool is the linear map S x = x[b, c].flat[argmax] (0 where -1);
     # its backward must be S^T: <S x, v> = <x, S^T v>.
-    if expect_missing(impl):
-        return
     shape, boxes, out, scale = case
     _, arg = K.roi_pool_reference(data(shape, np.float64, seed), boxes, out, scale)
     rng = np.random.default_rng(seed)
@@ -224,10 +226,9 @@ GRADCHECK_CASES = [  # (x shape, boxes, output size, scale)
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=range(len(GRADCHECK_CASES)))
+@pytest.mark.parametrize("impl", impls("roi_pool"))
 def test_gradcheck(impl, case):
     shape, boxes, out, scale = case
-    if expect_missing(impl):
-        return
     if impl == "cuda" and SIMULATOR and np.prod(shape) > 10:
         pytest.skip("hundreds of launches: the simulator is too slow; values are compared above")
     x = distinct(shape)  # no ties: the max is differentiable
@@ -263,22 +264,15 @@ def test_huge_boxes_cost_bounded_work_and_memory():
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
-def test_matches_torchvision():
+@pytest.mark.parametrize("out, scale", [((3, 3), 1.0), ((2, 4), 0.5), ((7, 7), 2.0)])
+def test_matches_torchvision(out, scale):
     torch = pytest.importorskip("torch")
     tv = pytest.importorskip("torchvision")
-    x = distinct((2, 3, 9, 8)).astype(np.float32)  # no ties
     boxes = np.array([[0, 0.5, 1.25, 6.75, 7.5], [1, -2.5, -1.0, 3.0, 4.25], [1, 5, 6, 12, 11],
                       [0, 3, 3, 3, 3], [1, 4.0, 2.0, 3.5, 6.0]], np.float32)
-    for out, scale in [((3, 3), 1.0), ((2, 4), 0.5), ((7, 7), 2.0)]:
-        xt = torch.tensor(x, requires_grad=True)
-        yt = tv.ops.roi_pool(xt, torch.tensor(boxes), out, scale)
-        gy = np.random.default_rng(0).standard_normal(tuple(yt.shape)).astype(np.float32)
-        yt.backward(torch.tensor(gy))
-        X = msn.Tensor(x, requires_grad=True)
-        y = F.roi_pool(X, boxes, out, scale)
-        y.backward(gy)
-        np.testing.assert_array_equal(y.numpy(), yt.detach().numpy())
-        assert_close(X.grad, xt.grad.numpy(), scale=len(boxes))
+    check_op([], lambda x: F.roi_pool(x, boxes, out, scale),
+             lambda x: tv.ops.roi_pool(x, torch.tensor(boxes), out, scale),
+             inputs=[distinct((2, 3, 9, 8)).astype(np.float32)], exact=True, scale=len(boxes))
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -303,9 +297,4 @@ BAD = [  # (kwargs for roi_pool, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    args = dict(input=X, boxes=B, output_size=2, spatial_scale=1.0)
-    args.update(kwargs)
-    with pytest.raises(exc) as info:
-        F.roi_pool(**args)
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
+    check_bad_input(F.roi_pool, dict(input=X, boxes=B, output_size=2, spatial_scale=1.0), kwargs, exc, words)

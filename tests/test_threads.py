@@ -20,13 +20,12 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
+from minisegnet.kernels import _parallel
 from threadpoolctl import threadpool_info
 
-import minisegnet as msn
 import minisegnet.functional as F
 import minisegnet.nn as nn
 from minisegnet import Tensor, _cpu_pool
-from minisegnet.kernels import _parallel
 
 THREADS, ROUNDS = 4, 50
 
