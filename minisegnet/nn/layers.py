@@ -14,8 +14,9 @@ import numpy as np
 
 from .. import functional as F
 from ..backend import get_array_module
+from ..functional.batch_norm import BatchNormFunction
 from ..random import default_rng, rng_for
-from ..tensor import Function, Tensor, as_tensor
+from ..tensor import Tensor, as_tensor
 from .module import Module, Parameter
 
 __all__ = [
@@ -201,56 +202,7 @@ class Flatten(Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Batch normalisation
-
-
-class BatchNormFunction(Function):
-    """``y = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel (axis 1).
-
-    Training (``batch_stats=True``): mean and biased variance over all axes but 1; with m values per
-    channel and ``xhat`` the normalised input the gradient is
-    ``dx = invstd/m * (m*g - sum(g) - xhat*sum(g*xhat))`` with ``g = dy * gamma``.
-    Evaluation: the given running statistics are constants, so ``dx = dy * gamma * invstd``.
-    Inputs: x, then gamma and beta when affine. Outputs y; the batch mean and biased variance
-    are left on ``self.mean`` / ``self.var`` for the running-statistics update.
-    """
-
-    def __init__(self, eps: float, batch_stats: bool, mean: Any = None, var: Any = None) -> None:
-        self.eps, self.batch_stats = eps, batch_stats
-        self.mean, self.var = mean, var
-
-    def forward(self, x, *affine):
-        xp = get_array_module(x)
-        self.axes = (0,) + tuple(range(2, x.ndim))
-        bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)  # (1, C, 1, 1)
-        if self.batch_stats:
-            self.mean = x.mean(axis=self.axes)  # (C,)
-            self.var = x.var(axis=self.axes)  # (C,) biased, as PyTorch normalises with
-        mean = self.mean.astype(x.dtype, copy=False).reshape(bshape)
-        var = self.var.astype(x.dtype, copy=False).reshape(bshape)
-        self.invstd = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))  # (1, C, 1, 1)
-        self.xhat = (x - mean) * self.invstd
-        if not affine:
-            return self.xhat
-        gamma, beta = affine
-        self.gamma = gamma.reshape(bshape)
-        return self.xhat * self.gamma + beta.reshape(bshape)
-
-    def backward(self, gy):
-        affine = len(self.needs_input_grad) == 3
-        g = gy * self.gamma if affine else gy
-        if self.batch_stats:
-            m = gy.size // gy.shape[1]
-            sum_g = g.sum(axis=self.axes, keepdims=True)
-            sum_gx = (g * self.xhat).sum(axis=self.axes, keepdims=True)
-            gx = (self.invstd / m) * (m * g - sum_g - self.xhat * sum_gx)
-        else:
-            gx = g * self.invstd
-        if not affine:
-            return gx
-        ggamma = (gy * self.xhat).sum(axis=self.axes) if self.needs_input_grad[1] else None
-        gbeta = gy.sum(axis=self.axes) if self.needs_input_grad[2] else None
-        return gx, ggamma, gbeta
+# Batch normalisation: the fused kernels of kernels/batch_norm.py via functional/batch_norm.py
 
 
 class _BatchNorm(Module):
