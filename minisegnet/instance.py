@@ -812,7 +812,7 @@ def train(cfg: Any, resume: bool = False, log: Any = print) -> dict[str, Any]:
 
     tables = _class_tables(train_set)
     n_params = model.num_parameters()
-    log(f"training maskhead ({n_params:,} parameters, Roi{'Align' if model.pooler == 'align' else 'Pool'}"
+    log(f"training maskhead ({n_params:,} parameters, RoI{'Align' if model.pooler == 'align' else 'Pool'}"
         f", stride {model.stride}) on {cfg.data}: {cfg.epochs} epochs x {cfg.steps} steps of "
         f"{cfg.batch} crops {cfg.patch}x{cfg.patch}, device {cfg.device}")
     t_start = time.perf_counter() - state["seconds"]

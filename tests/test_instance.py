@@ -385,3 +385,22 @@ def test_bad_input_names_the_argument():
         instance.score_detections([det], truth)
     with pytest.raises(ValueError, match="detections"):
         instance.score_detections([det, det], truth)
+
+
+@pytest.mark.slow  # ~15-25 s on 2 cores: its proposal U-Net trains and runs on the test half
+def test_instance_study_runs_small(tmp_path):
+    """benchmarks/instance_study.py end to end at a toy size (its own proposal U-Net included)."""
+    from benchmarks import instance_study
+
+    out = tmp_path / "RESULTS_instance.md"
+    res = instance_study.main(["--unet-epochs", "1", "--unet-steps", "1", "--seeds", "2",
+                               "--steps", "2", "--patch", "48", "--width", "2",
+                               "--head-width", "4", "--out", str(out),
+                               "--figure", str(tmp_path / "fig.png"),
+                               "--work", str(tmp_path / "work")])
+    assert [(r["pooler"], r["seed"]) for r in res["runs"]] == [
+        ("align", 0), ("align", 1), ("pool", 0), ("pool", 1)]
+    text = out.read_text()
+    assert "| RoIAlign (mean ± sd, 2 seeds) |" in text and "connected components" in text
+    assert (tmp_path / "fig.png").read_bytes()[:8] == PNG
+    assert json.loads((tmp_path / "RESULTS_instance.json").read_text())["runs"]
