@@ -9,10 +9,10 @@ with the formula, the shapes and the versions it holds, then has these sections 
 3. **numpy**: vectorised NumPy (where a vectorised form is natural; otherwise absent).
 4. **numba**: ``@parallel_njit(cache=True)`` CPU kernels (``kernels/_parallel.py``: Numba's
    ``parallel=True``, safe to call from several Python threads at once).
-5. **cuda**: ``@cuda.jit`` kernels plus launchers. Launchers take NumPy *or* CuPy arrays (Numba moves
-   NumPy arrays to the device and back, which is how the CUDA simulator and the tests run them) and
-   allocate outputs with the input's array module. Backward kernels are gathers wherever the
-   structure allows (deterministic, no float atomics).
+5. **cuda**: ``@cuda.jit`` kernels plus launchers. Launchers take NumPy *or* CuPy arrays (Numba
+   moves NumPy arrays to the device and back, which is how the CUDA simulator and the tests run
+   them) and allocate outputs with the input's array module. Backward kernels are gathers
+   wherever the structure allows (deterministic, no float atomics).
 6. ``IMPLS = {kernel_name: {"reference": fn, "numpy": fn, "numba": fn, "cuda": fn}}``: every entry
    of one kernel has the same signature. ``minisegnet.backend.register`` adds it to the registry.
 7. ``PTX = [(python_function, [signature, ...]), ...]``: the undecorated CUDA kernel functions with

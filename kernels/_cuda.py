@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import numba
+import numpy as np
 from numba import cuda, types
 from numba.np.numpy_support import from_dtype
 
@@ -39,9 +39,9 @@ def empty_like_module(a: Any, shape: tuple[int, ...], dtype: Any = None, zero: b
     return xp.zeros(shape, dtype=dt) if zero else xp.empty(shape, dtype=dt)
 
 
-# Launch plumbing shared by every kernel file. CuPy arrays go to the kernels as they are; NumPy arrays
-# are copied to the device once and results copied back once (the simulator and GPU-less tests take
-# this path).
+# Launch plumbing shared by every kernel file. CuPy arrays go to the kernels as they are; NumPy
+# arrays are copied to the device once and results copied back once (the simulator and GPU-less
+# tests take this path).
 def to_dev(a: Any, like: Any = None) -> Any:
     """``a`` as a C-contiguous array on ``like``'s side (default: ``a``'s own): device or CuPy."""
     xp = xp_of(a if like is None else like)
@@ -77,7 +77,8 @@ def launch(kernel: Any, n: int, *args: Any) -> None:
 
 
 def float_array(ndim: int, dtype: Any) -> types.Array:
-    """A Numba array type for PTX signatures: ``float_array(4, np.float32)`` is float32[:, :, :, :]."""
+    """A Numba array type for PTX signatures: ``float_array(4, np.float32)`` is float32[:, :, :, :].
+    """
     return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
 
 

@@ -240,6 +240,7 @@ IMPLS = {
 
 
 PTX = [
-    (fn, [(float_array(3, dt), float_array(3, dt), types.int64, types.int64) for dt in (np.float32, np.float64)])
+    (fn, [(float_array(3, dt), float_array(3, dt), types.int64, types.int64)
+          for dt in (np.float32, np.float64)])
     for fn in (_bed_of_nails_cuda, _bed_of_nails_backward_cuda)
 ]

@@ -60,7 +60,8 @@ def _pair(value: Any, name: str) -> Pair:
     if isinstance(value, (int, np.integer)):
         return int(value), int(value)
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value):
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+            for v in value):
         return int(value[0]), int(value[1])
     raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}")
 
@@ -108,8 +109,8 @@ def conv_matrix(in_shape: tuple[int, int, int], weight: Any, stride: int | Pair 
     return _conv_matrix(in_shape, weight, stride, padding, dilation, groups, sparse)
 
 
-def _conv_matrix(in_shape: tuple[int, int, int], weight: Any, stride: int | Pair, padding: int | Pair,
-                 dilation: int | Pair, groups: int, sparse: bool,
+def _conv_matrix(in_shape: tuple[int, int, int], weight: Any, stride: int | Pair,
+                 padding: int | Pair, dilation: int | Pair, groups: int, sparse: bool,
                  out_hw: Pair | None = None) -> Any:
     """conv_matrix on the output grid ``out_hw`` (default: the conv2d formula's)."""
     w = _weight_array(weight)
@@ -119,7 +120,8 @@ def _conv_matrix(in_shape: tuple[int, int, int], weight: Any, stride: int | Pair
     if min(Cin, H, W) <= 0:
         raise ValueError(f"conv_matrix: in_shape must be positive, got {in_shape!r}")
     if w.ndim != 4:
-        raise ValueError(f"conv_matrix: weight must be 4-D (O, C/groups, KH, KW), got shape {w.shape}")
+        raise ValueError(f"conv_matrix: weight must be 4-D (O, C/groups, KH, KW), got shape "
+                         f"{w.shape}")
     (sh, sw), (ph, pw), (dh, dw) = (_pair(stride, "stride"), _pair(padding, "padding"),
                                     _pair(dilation, "dilation"))
     if min(sh, sw) <= 0 or min(dh, dw) <= 0 or min(ph, pw) < 0:
@@ -138,9 +140,9 @@ def _conv_matrix(in_shape: tuple[int, int, int], weight: Any, stride: int | Pair
     if out_hw is not None:
         OH, OW = min(OH, out_hw[0]), min(OW, out_hw[1])
     if OH <= 0 or OW <= 0:
-        raise ValueError(f"conv_matrix: empty output ({O}, {OH}, {OW}) for input {tuple(in_shape)}, "
-                         f"kernel ({KH}, {KW}), stride {(sh, sw)}, padding {(ph, pw)}, "
-                         f"dilation {(dh, dw)}")
+        raise ValueError(f"conv_matrix: empty output ({O}, {OH}, {OW}) for input "
+                         f"{tuple(in_shape)}, kernel ({KH}, {KW}), stride {(sh, sw)}, "
+                         f"padding {(ph, pw)}, dilation {(dh, dw)}")
     # One axis per index of the formula, broadcast together: (O, OH, OW, Cg, KH, KW).
     o = np.arange(O).reshape(O, 1, 1, 1, 1, 1)
     i = np.arange(OH).reshape(1, OH, 1, 1, 1, 1)

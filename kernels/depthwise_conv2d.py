@@ -71,7 +71,8 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
 
 
 def _ints(stride: Pair, padding: Pair, dilation: Pair) -> tuple[int, int, int, int, int, int]:
-    """The six geometry ints as plain Python ints (one compiled signature whatever the caller gave)."""
+    """The six geometry ints as plain Python ints (one compiled signature whatever the caller
+    gave)."""
     return (int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]),
             int(dilation[0]), int(dilation[1]))
 
@@ -158,14 +159,16 @@ def depthwise_conv2d_backward_weight_reference(x: np.ndarray, gy: np.ndarray, w_
 # =============================================================================================
 @njit(cache=True, inline="always")
 def _in_index(i: int, p: int, s: int, pad: int, d: int, size: int) -> int:
-    """Input coordinate read by output ``i`` at tap ``p`` (``i*s - pad + p*d``), or -1 if outside."""
+    """Input coordinate read by output ``i`` at tap ``p`` (``i*s - pad + p*d``), or -1 if
+    outside."""
     h = i * s - pad + p * d
     return h if 0 <= h < size else -1
 
 
 @njit(cache=True, inline="always")
 def _out_index(h: int, p: int, s: int, pad: int, d: int, out_size: int) -> int:
-    """Output coordinate whose tap ``p`` reads input ``h`` (solves ``i*s - pad + p*d = h``), or -1."""
+    """Output coordinate whose tap ``p`` reads input ``h`` (solves ``i*s - pad + p*d = h``), or
+    -1."""
     num = h + pad - p * d
     if num < 0 or num % s != 0:
         return -1

@@ -608,11 +608,13 @@ IMPLS = {
 _I1 = types.Array(types.int64, 1, "C")
 PTX = [
     (_nearest_cuda,
-     [(float_array(3, dt), float_array(3, dt), types.float64, types.float64) for dt in (np.float32, np.float64)]),
+     [(float_array(3, dt), float_array(3, dt), types.float64, types.float64)
+      for dt in (np.float32, np.float64)]),
     (_bilinear_cuda,
      [(float_array(3, dt), float_array(3, dt), types.float64, types.float64, types.boolean)
       for dt in (np.float32, np.float64)]),
     (_resample_backward_cuda,
-     [(float_array(3, dt), float_array(3, dt), _I1, _I1, float_array(2, dt), _I1, _I1, float_array(2, dt))
+     [(float_array(3, dt), float_array(3, dt), _I1, _I1, float_array(2, dt), _I1, _I1,
+       float_array(2, dt))
       for dt in (np.float32, np.float64)]),
 ]

@@ -39,7 +39,16 @@ import numba
 import numpy as np
 from numba import cuda, prange, types
 
-from ._cuda import FLOAT_DTYPES, SIMULATOR, dev_empty, float_array, launch, to_dev, to_host_like, xp_of
+from ._cuda import (
+    FLOAT_DTYPES,
+    SIMULATOR,
+    dev_empty,
+    float_array,
+    launch,
+    to_dev,
+    to_host_like,
+    xp_of,
+)
 from ._parallel import parallel_njit
 
 Pair = tuple[int, int]

@@ -28,8 +28,10 @@ and every implementation visits only those: the same sums in the same order as v
 them. With the adaptive grid samples are at least half a pixel apart, so a box costs at most
 O(C * (PH + 2H + 4) * (PW + 2W + 4)) work and the CPU tables O(PH + PW + 2(H + W) + 8) memory,
 whatever its size. ``count`` stays ``gh*gw``. The functional layer rejects a grid above
-``MAX_GRID`` per axis (its product must fit in int64). A sample's validity and weights factor into a y part
-and an x part (``_axis_taps``): w = (hy or ly) * (hx or lx), valid = valid_y and valid_x.
+``MAX_GRID`` per axis (its product must fit in int64).
+
+A sample's validity and weights factor into a y part and an x part (``_axis_taps``):
+w = (hy or ly) * (hx or lx), valid = valid_y and valid_x.
 
 Backward (boxes are constants: no gradient flows to them, as in torchvision)::
 
@@ -73,8 +75,16 @@ import numba
 import numpy as np
 from numba import cuda, prange, types
 
-from ._cuda import (FLOAT_DTYPES, contiguous, dev_empty, float_array, launch, to_dev, to_host_like,
-                    twins)
+from ._cuda import (
+    FLOAT_DTYPES,
+    contiguous,
+    dev_empty,
+    float_array,
+    launch,
+    to_dev,
+    to_host_like,
+    twins,
+)
 from ._parallel import parallel_njit
 
 Pair = tuple[int, int]

@@ -52,8 +52,17 @@ import numba
 import numpy as np
 from numba import cuda, prange, types
 
-from ._cuda import (FLOAT_DTYPES, SIMULATOR, contiguous, dev_empty, float_array, launch, to_dev, to_host_like,
-                    twins)
+from ._cuda import (
+    FLOAT_DTYPES,
+    SIMULATOR,
+    contiguous,
+    dev_empty,
+    float_array,
+    launch,
+    to_dev,
+    to_host_like,
+    twins,
+)
 from ._parallel import parallel_njit
 from .roi_align import _batch_of, _batch_of_dev, _transpose_into
 

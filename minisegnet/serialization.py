@@ -109,7 +109,8 @@ def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     def not_a_checkpoint(reason: str | BaseException, entry: str = "") -> ValueError:
         if isinstance(reason, BaseException):
             if isinstance(reason, ValueError) and "pickle" in str(reason):
-                reason = "it holds pickled Python objects, which are never loaded (they can run code)"
+                reason = ("it holds pickled Python objects, which are never loaded "
+                          "(they can run code)")
             else:
                 reason = f"{type(reason).__name__}: {reason}"
         if entry:

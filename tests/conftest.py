@@ -93,7 +93,8 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if os.environ.get("MINISEGNET_REQUIRE_TORCH") != "1" or not report.skipped:
         return
-    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    longrepr = report.longrepr
+    reason = str(longrepr[-1]) if isinstance(longrepr, tuple) else str(longrepr)
     if ("'torch'" in reason or "PyTorch" in reason) and "torchvision" not in reason:
         report.outcome = "failed"
         report.longrepr = f"skipped for want of PyTorch, which CI installs: {reason}"

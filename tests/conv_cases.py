@@ -42,7 +42,8 @@ def conv_case(draw, max_hw: int = MAX_HW, max_groups: int = 2, depthwise: bool =
 
 @st.composite
 def transpose_case(draw, max_hw: int = MAX_HW, max_pad: int = 3):
-    """(x shape, conv_transpose2d weight shape, stride, padding, output_padding, dilation, groups)."""
+    """(x shape, conv_transpose2d weight shape, stride, padding, output_padding, dilation,
+    groups)."""
     g = draw(st.integers(1, 2))
     Cg, Og = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     N = draw(st.integers(1, 2))

@@ -57,7 +57,8 @@ def assert_close(actual, expected, dtype=None, scale: float = 1.0, what: str = "
     dt = np.dtype(dtype or expected.dtype)
     assert actual.dtype == expected.dtype, f"{what} dtype {actual.dtype} != {expected.dtype}"
     rtol, atol = TOL.get(dt, (0, 0))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * max(scale, 1.0), err_msg=what)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * max(scale, 1.0),
+                               err_msg=what)
 
 
 def rng(seed: int = 0) -> np.random.Generator:

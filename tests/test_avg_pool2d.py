@@ -123,7 +123,8 @@ BAD = [  # (kwargs for avg_pool2d, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    check_bad_input(F.avg_pool2d, dict(input=X, kernel_size=2, stride=None, padding=0), kwargs, exc, words)
+    defaults = dict(input=X, kernel_size=2, stride=None, padding=0)
+    check_bad_input(F.avg_pool2d, defaults, kwargs, exc, words)
 
 
 def test_unsupported_modes_are_refused():

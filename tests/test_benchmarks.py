@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `benchmarks/` is a top-level folder of the repository, not installed
+if str(REPO) not in sys.path:  # `benchmarks/` is a top-level folder of the repository
     sys.path.insert(0, str(REPO))
 
 
@@ -91,9 +91,12 @@ def test_harness_catches_a_wrong_implementation() -> None:
         inputs=lambda rng: {"x": rng.standard_normal((4, 4)).astype(np.float32)},
         msn=wrong_under_numpy, torch=None, grad=("x",), needs=("relu",), ref_cost=16,
     )
-    settings = Settings.for_mode(True, impls=("reference", "numpy", "numba", "torch"), verbose=False)
-    rows = {r.impl: r for r in Harness(settings, {"gemm_gflops": 1.0, "copy_gbs": 1.0}).run_case(case)}
-    assert rows["reference"].status == "ok" and rows["reference"].validated_against.startswith("itself")
+    settings = Settings.for_mode(True, impls=("reference", "numpy", "numba", "torch"),
+                                 verbose=False)
+    harness = Harness(settings, {"gemm_gflops": 1.0, "copy_gbs": 1.0})
+    rows = {r.impl: r for r in harness.run_case(case)}
+    assert rows["reference"].status == "ok"
+    assert rows["reference"].validated_against.startswith("itself")
     assert rows["numba"].status == "ok" and rows["numba"].max_err == 0.0
     assert rows["numpy"].status == "mismatch" and rows["numpy"].median_s is None
     assert rows["torch"].status == "n/a"

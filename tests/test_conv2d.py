@@ -300,7 +300,8 @@ BAD = [  # (kwargs for conv2d, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    check_bad_input(F.conv2d, dict(x=X, weight=W, bias=None, stride=1, padding=0, dilation=1, groups=1), kwargs, exc, words)
+    defaults = dict(x=X, weight=W, bias=None, stride=1, padding=0, dilation=1, groups=1)
+    check_bad_input(F.conv2d, defaults, kwargs, exc, words)
 
 
 # ---- layers --------------------------------------------------------------------------------

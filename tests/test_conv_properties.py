@@ -146,7 +146,8 @@ def test_separable_conv_is_depthwise_then_pointwise(impl, k, s, p, d):
 
 
 def test_separable_parameter_count():
-    """SPEC: k*k*C + C*O weights: 3x3, C=3, O=16 gives 27 + 48 = 75 against 432 (+ 16 biases each)."""
+    """SPEC: k*k*C + C*O weights: 3x3, C=3, O=16 gives 27 + 48 = 75 against 432 (+ 16 biases
+    each)."""
     def count(m):
         return sum(int(p.data.size) for p in m.parameters())
 
@@ -250,4 +251,5 @@ def test_impossible_settings_are_rejected(fn, args, kwargs, exc, words):
 def test_output_padding_below_dilation_is_allowed():
     """output_padding < max(stride, dilation): with dilation 3 and stride 1, output_padding 2."""
     y = F.conv_transpose2d(X, W, stride=1, dilation=3, output_padding=2)
-    assert y.shape == (1, 2, transpose_out_len(5, 3, 1, 0, 2, 3), transpose_out_len(5, 3, 1, 0, 2, 3))
+    side = transpose_out_len(5, 3, 1, 0, 2, 3)
+    assert y.shape == (1, 2, side, side)

@@ -29,7 +29,8 @@ def conv_transpose2d_oracle(x, w, b, s, p, op, g, d):
     (i*s - p + kp*d, j*s - p + kq*d) of channel (group of c)*O/G + o'; off-grid taps drop."""
     N, C, H, W = x.shape
     _, Og, KH, KW = w.shape
-    OH, OW = transpose_out_len(H, KH, s[0], p[0], op[0], d[0]), transpose_out_len(W, KW, s[1], p[1], op[1], d[1])
+    OH = transpose_out_len(H, KH, s[0], p[0], op[0], d[0])
+    OW = transpose_out_len(W, KW, s[1], p[1], op[1], d[1])
     y = np.zeros((N, Og * g, OH, OW), dtype=np.float64)
     for n in range(N):
         for c in range(C):
@@ -289,7 +290,9 @@ BAD = [  # (kwargs for conv_transpose2d, exception, words the message must conta
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    check_bad_input(F.conv_transpose2d, dict(x=X, weight=W, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1), kwargs, exc, words)
+    defaults = dict(x=X, weight=W, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                    dilation=1)
+    check_bad_input(F.conv_transpose2d, defaults, kwargs, exc, words)
 
 
 # ---- layer ---------------------------------------------------------------------------------

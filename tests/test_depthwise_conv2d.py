@@ -226,7 +226,8 @@ def test_bad_depthwise_weight_is_rejected():
 @pytest.mark.slow
 @pytest.mark.parametrize("s, d", [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_benchmark_shapes_numba_against_numpy(s, d):
-    """The benchmark's shapes (N=8, C=32, 64x64, 3x3): numba against the vectorised NumPy version."""
+    """The benchmark's shapes (N=8, C=32, 64x64, 3x3): numba against the vectorised NumPy
+    version."""
     case = ((8, 32, 64, 64), (32, 1, 3, 3), (s, s), (d, d), (d, d))
     x, w, gy = arrays(case, np.float32, 0)
     g = case[2:]

@@ -239,7 +239,8 @@ BAD = [  # (kwargs for max_pool2d, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    check_bad_input(F.max_pool2d, dict(input=X, kernel_size=2, stride=None, padding=0, dilation=1), kwargs, exc, words)
+    defaults = dict(input=X, kernel_size=2, stride=None, padding=0, dilation=1)
+    check_bad_input(F.max_pool2d, defaults, kwargs, exc, words)
 
 
 def test_ceil_mode_is_refused():

@@ -229,7 +229,8 @@ BAD = [  # (kwargs for max_unpool2d, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    check_bad_input(F.max_unpool2d, dict(input=X, indices=I, kernel_size=2, stride=None, padding=0, output_size=None), kwargs, exc, words)
+    defaults = dict(input=X, indices=I, kernel_size=2, stride=None, padding=0, output_size=None)
+    check_bad_input(F.max_unpool2d, defaults, kwargs, exc, words)
 
 
 # ---- layer ---------------------------------------------------------------------------------

@@ -200,7 +200,8 @@ BAD_NMS = [  # (kwargs for nms, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD_NMS, ids=[str(i) for i in range(len(BAD_NMS))])
 def test_nms_bad_input(kwargs, exc, words):
-    check_bad_input(F.nms, dict(boxes=BOX, scores=np.zeros(3, np.float32), iou_threshold=0.5), kwargs, exc, words)
+    defaults = dict(boxes=BOX, scores=np.zeros(3, np.float32), iou_threshold=0.5)
+    check_bad_input(F.nms, defaults, kwargs, exc, words)
 
 
 def test_box_iou_bad_input():

@@ -16,6 +16,7 @@ from helpers import (
     HYP,
     assert_close,
     check_bad_input,
+    check_op,
     impls,
     missing_impls,
     run_with_memory_limit,
@@ -327,8 +328,9 @@ BAD = [  # (kwargs for roi_align, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    check_bad_input(F.roi_align, dict(input=X, boxes=B, output_size=2, spatial_scale=1.0, sampling_ratio=-1,
-                aligned=False), kwargs, exc, words)
+    defaults = dict(input=X, boxes=B, output_size=2, spatial_scale=1.0, sampling_ratio=-1,
+                    aligned=False)
+    check_bad_input(F.roi_align, defaults, kwargs, exc, words)
 
 
 @given(case=align_case(), seed=st.integers(0, 2**16))

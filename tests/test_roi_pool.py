@@ -16,6 +16,7 @@ from helpers import (
     HYP,
     assert_close,
     check_bad_input,
+    check_op,
     impls,
     missing_impls,
     run_with_memory_limit,
@@ -297,4 +298,5 @@ BAD = [  # (kwargs for roi_pool, exception, words the message must contain)
 
 @pytest.mark.parametrize("kwargs, exc, words", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input(kwargs, exc, words):
-    check_bad_input(F.roi_pool, dict(input=X, boxes=B, output_size=2, spatial_scale=1.0), kwargs, exc, words)
+    defaults = dict(input=X, boxes=B, output_size=2, spatial_scale=1.0)
+    check_bad_input(F.roi_pool, defaults, kwargs, exc, words)
