@@ -252,3 +252,27 @@ def test_memory_does_not_grow_over_many_training_steps():
         if step in (100, 1999):
             counts.append(_live_functions())
     assert counts[1] == counts[0] and counts[1] < 10
+
+
+def test_leaf_gradients_never_share_memory():
+    # Add hands the same gy to both sides, Reshape a view: each leaf's .grad is its own array.
+    a, b = Tensor(np.ones(3), requires_grad=True), Tensor(np.ones(3), requires_grad=True)
+    c = Tensor(np.ones((3, 1)), requires_grad=True)
+    (a + b + c.reshape(3)).backward(np.arange(3.0))
+    a.grad[0] = 99.0
+    assert b.grad[0] == 0.0 and c.grad[0, 0] == 0.0 and c.grad.base is None
+
+
+def test_the_engine_alone_loads_no_kernels():
+    # Tensor's operators run on minisegnet/ops.py: arithmetic and backward never import the
+    # functional package (which registers and loads every kernel), and the op classes are still
+    # importable from minisegnet.tensor, where they used to live.
+    import subprocess
+    import sys
+
+    code = ("import sys, minisegnet as msn; x = msn.Tensor([1.0, 2.0], requires_grad=True); "
+            "((x * 2 + 1) @ x).backward(); assert x.grad.tolist() == [5.0, 9.0], x.grad; "
+            "assert 'minisegnet.functional' not in sys.modules; "
+            "from minisegnet.tensor import Add, Concat, GetItem, MatMul, Sum, cat, matmul, stack")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
 
 from ..backend import get_array_module
+from ..ops import cat, matmul, stack
 from ..random import rng_for
-from ..tensor import Function, Tensor, as_tensor, cat, matmul, stack
+from ..tensor import Function, Tensor, as_tensor
 
 __all__ = [
     "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "dropout", "pad",
@@ -194,7 +192,8 @@ def pad(x: Tensor, pad: Sequence[int], mode: str = "constant", value: float = 0.
     """
     x = as_tensor(x)
     if len(pad) % 2 or len(pad) // 2 > x.ndim:
-        raise ValueError(f"pad: needs an even number of widths for at most {x.ndim} dims, got {pad}")
+        raise ValueError(f"pad: needs an even number of widths for at most {x.ndim} dims, "
+                         f"got {pad}")
     if any(int(p) < 0 for p in pad):
         raise ValueError(f"pad: widths must be non-negative, got {tuple(pad)}")
     if mode not in ("constant", "reflect"):

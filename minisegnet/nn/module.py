@@ -266,14 +266,9 @@ class Module:
         Shared parameters appear under every name, like PyTorch.
         """
         out: OrderedDict[str, np.ndarray] = OrderedDict()
-        for mod_name, mod in self.named_modules(_seen=None):
-            pre = f"{mod_name}." if mod_name else ""
-            for name, p in mod._parameters.items():
-                if p is not None:
-                    out[pre + name] = to_numpy(p.data).copy()
-            for name, b in mod._buffers.items():
-                if b is not None and name not in mod._non_persistent:
-                    out[pre + name] = to_numpy(b).copy()
+        for key, (mod, name, kind) in self._state_slots().items():  # one walk of the tree
+            value = mod._parameters[name].data if kind == "param" else mod._buffers[name]
+            out[key] = to_numpy(value).copy()
         return out
 
     def _state_slots(self) -> OrderedDict[str, tuple[Module, str, str]]:
