@@ -91,6 +91,8 @@ assert feature_size(513, 16) == 33 and feature_size(513, 8) == 65
 n16, n8 = (sum(p.data.size for p in n.parameters()) for n in nets.values())
 print("parameters at stride 16 and 8:", n16, n8)
 assert n16 == n8
+nets[8].load_state_dict(nets[16].state_dict())  # the stride-16 weights, run at stride 8
+assert all(np.array_equal(a.data, b.data) for a, b in zip(nets[8].parameters(), nets[16].parameters()))
 
 # %% [markdown]
 # ## 2. ASPP, branch by branch
