@@ -45,7 +45,7 @@ def _forget_after_fork() -> None:
     _pools.clear()
     if _blas_users > 0:
         for lib, n in _blas_saved:
-            lib.set_num_threads(n)
+            _set_threads(lib, n)
     _blas_users = 0
 
 
@@ -79,6 +79,21 @@ def _blas_libraries() -> list[Any]:
     return _blas
 
 
+def _set_threads(lib: Any, n: int) -> None:
+    """``lib.set_num_threads(n)`` from whichever thread calls. threadpoolctl (3.6+) lets only one
+    "controlling" thread resize OpenBLAS's process-wide pool and silently ignores the others, but
+    a hold may begin in one thread and end in another (measured before this: a hold begun by
+    the main thread and ended by a worker left BLAS on one thread for good, and holds taken by
+    worker threads did nothing). So each change takes control and gives it back. Callers hold
+    ``_lock``."""
+    clear = getattr(type(lib), "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+    lib.set_num_threads(n)
+    if clear is not None:
+        clear()
+
+
 def _enter_single_threaded_blas() -> None:
     """Hold every BLAS library to one thread; nested and concurrent callers share one hold."""
     global _blas_users, _blas_saved
@@ -86,7 +101,7 @@ def _enter_single_threaded_blas() -> None:
         if _blas_users == 0:
             _blas_saved = [(lib, lib.num_threads) for lib in _blas_libraries()]
             for lib, _ in _blas_saved:
-                lib.set_num_threads(1)
+                _set_threads(lib, 1)
         _blas_users += 1
 
 
@@ -96,7 +111,7 @@ def _leave_single_threaded_blas() -> None:
         _blas_users -= 1
         if _blas_users == 0:
             for lib, n in _blas_saved:
-                lib.set_num_threads(n)
+                _set_threads(lib, n)
 
 
 def map_blocks(job: Callable[[Any], T], blocks: Sequence[Any]) -> list[T]:

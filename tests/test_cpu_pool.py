@@ -75,6 +75,39 @@ def test_concurrent_and_nested_callers_share_one_hold(two_workers):
     assert blas_threads() == before
 
 
+def test_a_hold_ended_by_another_thread_gives_blas_back(two_workers):
+    # threadpoolctl lets only one thread resize OpenBLAS and ignores the others: a hold begun by
+    # this thread and ended by another must still restore the thread count, and a hold taken by
+    # a non-main thread must still hold BLAS to one thread.
+    before = blas_threads()
+    entered, go = threading.Event(), threading.Event()
+    seen = []
+
+    def other():
+        _cpu_pool._enter_single_threaded_blas()
+        seen.append(blas_threads())
+        entered.set()
+        go.wait(60)
+        _cpu_pool._leave_single_threaded_blas()
+
+    _cpu_pool._enter_single_threaded_blas()
+    t = threading.Thread(target=other)
+    t.start()
+    assert entered.wait(60)
+    _cpu_pool._leave_single_threaded_blas()  # this thread leaves first: the other ends the hold
+    go.set()
+    t.join()
+    assert blas_threads() == before
+    # a hold from a non-main thread after this one has resized BLAS
+    held = []
+    t = threading.Thread(target=lambda: _cpu_pool.map_blocks(
+        lambda b: held.append(blas_threads()), [0, 1]))
+    t.start()
+    t.join()
+    assert held and all(all(n == 1 for n in counts) for counts in held + seen)
+    assert blas_threads() == before
+
+
 def test_one_worker_runs_inline():
     with numba_threads(1):
         names = _cpu_pool.map_blocks(lambda b: threading.current_thread().name, [0, 1, 2])
