@@ -19,7 +19,8 @@ and conv_transpose2d's backward gets both gradients from one pass over the colum
 The array-level functions, the blocked CPU driver behind them (per-core blocks of im2col + GEMM, the
 rotated kernel for stride-1 adjoints, the one-pass backward) and the plain-loop reference all live
 in ``kernels/conv2d.py``; this module is the autograd layer: argument checks, two Functions, two
-public functions.
+public functions. 3x3 stride-1 convs may run as Winograd F(2x2, 3x3) there;
+``F.conv2d_algorithm("winograd" | "im2col" | "auto")`` forces either path (see that file).
 
 Output sizes (SPEC): conv2d ``H_out = floor((H + 2p - d(k-1) - 1) / s) + 1``; conv_transpose2d
 ``H_out = (H - 1)s - 2p + d(k-1) + output_padding + 1`` with ``output_padding < max(s, d)``.
@@ -36,10 +37,11 @@ import numpy as np
 from ..backend import is_cupy_array, register
 from ..kernels import conv2d as _conv_kernels
 from ..kernels import im2col as _im2col_kernels
-from ..kernels.conv2d import conv_output_size
+from ..kernels.conv2d import conv2d_algorithm, conv_output_size
 from ..tensor import Function, Tensor, as_tensor
 
-__all__ = ["conv2d", "conv_transpose2d", "conv_output_size", "conv_transpose_output_size"]
+__all__ = ["conv2d", "conv_transpose2d", "conv_output_size", "conv_transpose_output_size",
+           "conv2d_algorithm"]
 
 register(_im2col_kernels.IMPLS)
 register(_conv_kernels.IMPLS)
