@@ -764,9 +764,12 @@ def train(cfg: Any, resume: bool = False, log: Any = print) -> dict[str, Any]:
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": None,
                              "history": [], "losses": [], "seconds": 0.0}
     saved_opt: dict[str, Any] = {}
-    if resume:
-        if not os.path.exists(last_path):
+    if resume and not os.path.exists(last_path):
+        # interrupted while the proposal U-Net trained: that run resumes, the head starts fresh
+        if not os.path.exists(os.path.join(cfg.out, "proposals", "last.npz")):
             raise FileNotFoundError(f"--resume: no checkpoint {last_path!r} to resume from")
+        resume = False
+    if resume:
         sd, meta, saved_opt = training.load_checkpoint(last_path)
         saved = meta["config"]
         for k in ("model", "data", "seed", "model_kwargs", "patch", "batch"):

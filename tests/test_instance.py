@@ -404,3 +404,17 @@ def test_instance_study_runs_small(tmp_path):
     assert "| RoIAlign (mean ± sd, 2 seeds) |" in text and "connected components" in text
     assert (tmp_path / "fig.png").read_bytes()[:8] == PNG
     assert json.loads((tmp_path / "RESULTS_instance.json").read_text())["runs"]
+
+
+@pytest.mark.slow  # two tiny U-Net runs on the 64 shapes test images: ~20 s on 2 cores
+def test_cli_maskhead_resume_after_an_interrupted_proposal_unet(tmp_path):
+    """Ctrl-C while the in-run U-Net trains leaves only OUT/proposals/last.npz: --resume finishes
+    that U-Net and then trains the head from the start."""
+    tiny_unet = ["train", "--model", "unet", "--data", "shapes", "--batch", "2", "--patch", "32",
+                 "--steps", "2", "--epochs", "1", "--model-arg", "base_channels=4",
+                 "--model-arg", "depth=2", "--out", str(tmp_path / "proposals")]
+    assert cli.main(tiny_unet) == 0
+    (tmp_path / "proposals" / "metrics.json").unlink()  # as if it had stopped before the end
+    assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path), "--resume"]) == 0
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "proposals" / "metrics.json").is_file()
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "empty"), "--resume"]) == 2
