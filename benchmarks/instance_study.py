@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
         a.proposals = os.path.join(cfg.out, "best.npz")
     semantic, meta = training.model_from_checkpoint(a.proposals)
     st, ucfg = meta["state"], meta["config"]
-    unet_note = (f"{ucfg['model']} {ucfg['model_kwargs'] or training.MODEL_DEFAULTS.get(ucfg['model'])}"
+    kwargs = ucfg["model_kwargs"] or training.MODEL_DEFAULTS.get(ucfg["model"])
+    unet_note = (f"{ucfg['model']} {kwargs}"
                  f", {ucfg['epochs']} epochs x {ucfg['steps']} steps of {ucfg['batch']} patches "
                  f"{ucfg['patch']}, {st['seconds']:.0f} s (`{os.path.relpath(a.proposals)}`, "
                  f"best epoch {st['best']['epoch']})")
@@ -117,10 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
     def col(pooler: str, src: str, key: str) -> list[float]:
         return [r[src][key] for r in runs if r["pooler"] == pooler]
 
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
         "# Instance segmentation: RoIAlign vs RoIPool in the mask head (nuclei)",
         "",
-        f"`python -m benchmarks.instance_study` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
+        f"`python -m benchmarks.instance_study` ({stamp};"
         f" {total / 60:.1f} min in all). CPU: {cpu_model()}; float32, Numba kernels; the 2 cores "
         "are shared with other jobs, so seconds are indicative.",
         "",
@@ -155,12 +157,14 @@ def main(argv: list[str] | None = None) -> dict:
     lines.append(f"| U-Net connected components (no mask head) | {st['seconds']:.0f} (U-Net) | | | "
                  f"{cc['mask_ap50']:.3f} | {cc['mask_ap']:.3f} | "
                  f"{cc['instance_accuracy_50']:.3f} | {cc['dsb_score']:.3f} |")
-    diff = np.array(col("align", "gt_boxes", "mask_ap")) - np.array(col("pool", "gt_boxes", "mask_ap"))
-    diffp = np.array(col("align", "proposals", "mask_ap")) - np.array(col("pool", "proposals", "mask_ap"))
+    def gain(src: str) -> str:
+        d = np.array(col("align", src, "mask_ap")) - np.array(col("pool", src, "mask_ap"))
+        return ", ".join(f"{v:+.3f}" for v in d)
+
     lines += [
         "",
         f"RoIAlign minus RoIPool, AP@[.5:.95] seed by seed: GT boxes "
-        f"{', '.join(f'{d:+.3f}' for d in diff)}; proposals {', '.join(f'{d:+.3f}' for d in diffp)}.",
+        f"{gain('gt_boxes')}; proposals {gain('proposals')}.",
         "",
         "Mask AP per IoU threshold (mean over seeds), with GT boxes and from proposals:",
         "",
@@ -169,17 +173,20 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     for src, what in (("gt_boxes", "GT boxes"), ("proposals", "proposals")):
         for pooler, name in (("align", "RoIAlign"), ("pool", "RoIPool")):
-            per = np.mean([r[src]["mask_ap_per_threshold"] for r in runs if r["pooler"] == pooler], 0)
+            per = np.mean([r[src]["mask_ap_per_threshold"] for r in runs
+                           if r["pooler"] == pooler], 0)
             lines.append(f"| {name}, {what} | " + " | ".join(f"{v:.3f}" for v in per) + " |")
     lines += [
         "",
         "Per run:",
         "",
-        "| pooler | seed | s | loss first 10 -> last 10 | GT AP@0.5 | GT AP | prop. AP@0.5 | prop. AP |",
+        "| pooler | seed | s | loss first 10 -> last 10 | GT AP@0.5 | GT AP | prop. AP@0.5 "
+        "| prop. AP |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
-        lines.append(f"| {r['pooler']} | {r['seed']} | {r['seconds']:.0f} | {r['loss_start']:.3f} -> "
+        lines.append(f"| {r['pooler']} | {r['seed']} | {r['seconds']:.0f} | "
+                     f"{r['loss_start']:.3f} -> "
                      f"{r['loss_end']:.3f} | {r['gt_boxes']['mask_ap50']:.3f} | "
                      f"{r['gt_boxes']['mask_ap']:.3f} | {r['proposals']['mask_ap50']:.3f} | "
                      f"{r['proposals']['mask_ap']:.3f} |")

@@ -334,7 +334,7 @@ def sample_batch(dataset: Any, rng: np.random.Generator, batch: int = 2, patch: 
         masks = inst[None] == ids[:, None, None]                  # (n, ph, pw)
         sl = _compact(inst, ids)
         gt = np.array([(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in sl], np.float64)
-        jb, j = jitter_boxes(gt, rng, jitter, boxes_per_instance, 0.5, (inst.shape[0], inst.shape[1]))
+        jb, j = jitter_boxes(gt, rng, jitter, boxes_per_instance, 0.5, inst.shape)
         targets.append(mask_targets(masks, jb, j, mask_size))
         rows.append(np.concatenate([np.full((len(jb), 1), float(c)), jb], axis=1))
         classes.append(tables[i][ids[j]])
@@ -366,8 +366,9 @@ def mask_loss(logits: Tensor, targets: Any, classes: Any) -> Tensor:
     K, C = logits.shape[:2]
     cls = np.asarray(to_numpy(getattr(classes, "data", classes)))
     if cls.shape != (K,) or (K and (cls.min() < 0 or cls.max() >= C)):
+        got = f", range [{cls.min()}, {cls.max()}]" if cls.size else ""
         raise ValueError(f"classes: must be ({K},) class indices in [0, {C}), got shape "
-                         f"{cls.shape}" + (f", range [{cls.min()}, {cls.max()}]" if cls.size else ""))
+                         f"{cls.shape}{got}")
     if C == 1:
         sel = logits.reshape(K, *logits.shape[2:])
     else:
@@ -547,8 +548,8 @@ def proposals_from_semantic(probs: Any, margin: float = 0.1, pad: float = 1.0,
         votes = np.zeros((n + 1, p.shape[0]))  # refilled gap pixels are background: no vote
         np.add.at(votes, (flat[on], labels.ravel()[on]), 1)
         cls = votes[1:, 1:].argmax(1) + 1
-        sums = np.bincount(flat[on], weights=p.reshape(p.shape[0], -1)[cls[flat[on] - 1], np.flatnonzero(on)],
-                           minlength=n + 1)[1:]
+        own = p.reshape(p.shape[0], -1)[cls[flat[on] - 1], np.flatnonzero(on)]  # P(own class)
+        sums = np.bincount(flat[on], weights=own, minlength=n + 1)[1:]
         scores = sums / np.maximum(counts, 1)
     return Proposals(_grow(boxes, margin, pad, labels.shape), cls, scores, inst)
 
@@ -594,10 +595,9 @@ def score_detections(detections: list[Detections], true_instances: Any,
         tp, fp, fn = tp + m["tp"], fp + m["fp"], fn + m["fn"]
         dsb.append(metrics.dsb_score(t, d.instances))
     aps = []
-    for c, (pm, ps, tm) in sorted(by_class.items()):
+    for _, (pm, ps, tm) in sorted(by_class.items()):
         if sum(len(x) for x in tm) == 0:
             continue  # a class with no ground truth has no AP (COCO skips it)
-        # empty per-image arrays: (0, H, W) masks of the image's size keep the kinds consistent
         aps.append(metrics.coco_ap(pm, ps, tm))
     out = {"mask_ap": float(np.mean([a["ap"] for a in aps])) if aps else float("nan"),
            "mask_ap50": float(np.mean([a["ap50"] for a in aps])) if aps else float("nan"),
@@ -694,7 +694,8 @@ def _proposal_model(cfg: Any, pipe: dict[str, Any], log: Any) -> tuple[Any, str]
     return model, path
 
 
-def _proposals_for(semantic: Any, dataset: Any, pipe: dict[str, Any], device: str) -> list[Proposals]:
+def _proposals_for(semantic: Any, dataset: Any, pipe: dict[str, Any],
+                   device: str) -> list[Proposals]:
     from .inference import predict_image
 
     return [proposals_from_semantic(predict_image(semantic, img, device=device),
@@ -815,8 +816,9 @@ def train(cfg: Any, resume: bool = False, log: Any = print) -> dict[str, Any]:
 
     tables = _class_tables(train_set)
     n_params = model.num_parameters()
-    log(f"training maskhead ({n_params:,} parameters, RoI{'Align' if model.pooler == 'align' else 'Pool'}"
-        f", stride {model.stride}) on {cfg.data}: {cfg.epochs} epochs x {cfg.steps} steps of "
+    roi = "RoIAlign" if model.pooler == "align" else "RoIPool"
+    log(f"training maskhead ({n_params:,} parameters, {roi}, stride {model.stride}) on "
+        f"{cfg.data}: {cfg.epochs} epochs x {cfg.steps} steps of "
         f"{cfg.batch} crops {cfg.patch}x{cfg.patch}, device {cfg.device}")
     t_start = time.perf_counter() - state["seconds"]
     with training._SigintGuard() as guard:
@@ -824,7 +826,7 @@ def train(cfg: Any, resume: bool = False, log: Any = print) -> dict[str, Any]:
             model.train()
             rng = np.random.default_rng([cfg.seed, epoch])
 
-            def draw() -> tuple[np.ndarray, ...]:
+            def draw(rng: np.random.Generator = rng) -> tuple[np.ndarray, ...]:
                 return sample_batch(train_set, rng, cfg.batch, cfg.patch, model.mask_size,
                                     pipe["jitter"], pipe["boxes_per_instance"],
                                     pipe["max_boxes"], tables=tables)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import minisegnet as msn
-from minisegnet import cli, data, instance, metrics
-from minisegnet import nn
+from minisegnet import cli, data, instance, metrics, nn
 from minisegnet.models.mask_head import paste_masks
 from minisegnet.training import load_checkpoint
 
@@ -319,7 +318,8 @@ def test_cli_maskhead_writes_the_run_directory(maskhead_run):
     sd, meta, opt = load_checkpoint(str(out / "last.npz"))
     assert meta["task"] == "instance" and meta["config"]["model"] == "maskhead" and opt
     net, _ = instance.model_from_checkpoint(str(out / "best.npz"))
-    assert isinstance(net, instance.MaskNet) and net.in_channels == 3 and net.num_classes == 3  # circle, rectangle, triangle
+    assert isinstance(net, instance.MaskNet) and net.in_channels == 3
+    assert net.num_classes == 3  # circle, rectangle, triangle
     for k, v in net.state_dict().items():
         np.testing.assert_array_equal(v, sd[k])
 
@@ -416,5 +416,6 @@ def test_cli_maskhead_resume_after_an_interrupted_proposal_unet(tmp_path):
     assert cli.main(tiny_unet) == 0
     (tmp_path / "proposals" / "metrics.json").unlink()  # as if it had stopped before the end
     assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path), "--resume"]) == 0
-    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "proposals" / "metrics.json").is_file()
+    assert (tmp_path / "metrics.json").is_file()
+    assert (tmp_path / "proposals" / "metrics.json").is_file()
     assert cli.main(["train", *TINY, "--out", str(tmp_path / "empty"), "--resume"]) == 2
