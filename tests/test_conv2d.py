@@ -1,7 +1,9 @@
-"""conv2d (minisegnet/functional/conv.py on kernels/im2col.py) and the Conv2d / SeparableConv2d
-layers: forward against a loop oracle written from the SPEC formula, gradients against finite
+"""conv2d (minisegnet/functional/conv.py on kernels/conv2d.py and kernels/im2col.py) and the
+Conv2d / SeparableConv2d layers: forward against the loop oracle written from the SPEC formula
+(kernels/conv2d.py's conv2d_reference, and its direct CUDA twin), gradients against finite
 differences, the other implementations and (when installed) PyTorch; the adjoint identity that
-makes conv_transpose2d the input gradient; output sizes; bad input."""
+makes conv_transpose2d the input gradient; output sizes; bad input; the Winograd F(2x2, 3x3) path
+(formula and fast version against the loops, forced against im2col, the switch)."""
 
 from __future__ import annotations
 
@@ -24,34 +26,13 @@ from helpers import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from minisegnet.kernels import conv2d as conv_module
+from minisegnet.kernels.conv2d import conv2d_reference as conv2d_oracle  # the SPEC loops
 
 import minisegnet as msn
 import minisegnet.functional as F
 import minisegnet.nn as nn
-from minisegnet.functional import conv as conv_module
 from minisegnet.testing import gradcheck
-
-
-def conv2d_oracle(x, w, b, s, p, d, g):
-    """The SPEC formula as scalar loops: y[n,o,i,j] = b[o] + sum_{c,p,q} x[...] * w[...]."""
-    N, C, H, W = x.shape
-    O, Cg, KH, KW = w.shape
-    OH, OW = out_len(H, KH, s[0], p[0], d[0]), out_len(W, KW, s[1], p[1], d[1])
-    y = np.zeros((N, O, OH, OW), dtype=np.float64)
-    for n in range(N):
-        for o in range(O):
-            c0 = (o // (O // g)) * Cg  # first input channel of o's group
-            for i in range(OH):
-                for j in range(OW):
-                    acc = 0.0 if b is None else float(b[o])
-                    for c in range(Cg):
-                        for kp in range(KH):
-                            for kq in range(KW):
-                                h, v = i * s[0] - p[0] + kp * d[0], j * s[1] - p[1] + kq * d[1]
-                                if 0 <= h < H and 0 <= v < W:
-                                    acc += float(x[n, c0 + c, h, v]) * float(w[o, c, kp, kq])
-                    y[n, o, i, j] = acc
-    return y.astype(x.dtype)
 
 
 def conv_case():
@@ -244,7 +225,7 @@ def test_stride_one_backward_is_one_conv_of_gy(monkeypatch, p, d, g):
     def no_adjoint(*args, **kwargs):
         raise AssertionError("the separate adjoint ran")
 
-    monkeypatch.setattr(conv_module, "_conv_transpose2d_array", no_adjoint)
+    monkeypatch.setattr(conv_module, "conv_transpose2d_array", no_adjoint)
     for a, e in zip(grads("numba", x, w, b, 1, p, d, g, gy), expected):
         assert_close(a, e)
     assert_close(conv_module._rotated(conv_module._rotated(w, g), g), w)
@@ -340,3 +321,152 @@ def test_separable_conv2d_layer():
     assert_close(y.data, expected, scale=3)
     y.sum().backward()
     assert X.grad.shape == x.shape and dw.weight.grad.shape == (3, 1, 3, 3)
+
+
+@pytest.mark.parametrize("impl", impls("conv2d_direct"))
+def test_direct_kernel_is_the_formula(impl):
+    # conv2d_direct: the loops (the oracle above) and one CUDA thread per output; on the host,
+    # the loops agree with the im2col path too
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((6, 2, 3, 3))
+    b = rng.standard_normal(6)
+    geo = ((2, 1), (1, 2), (1, 2), 2)
+    y = msn.backend.kernel("conv2d_direct", x, impl=impl)(x, w, b, *geo)
+    with msn.use_impl("numpy"):
+        assert_close(y, F.conv2d(x, w, b, *geo).data)
+
+
+# ---- Winograd F(2x2, 3x3) --------------------------------------------------------------------
+
+
+@st.composite
+def wino_case(draw):
+    """(x shape, w shape, padding) of a 3x3 stride-1 conv with a non-empty output."""
+    p = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    H = draw(st.integers(max(1, 3 - 2 * p[0]), 9))
+    W = draw(st.integers(max(1, 3 - 2 * p[1]), 9))
+    N, C, O = draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    return (N, C, H, W), (O, C, 3, 3), p
+
+
+@given(case=wino_case(), seed=st.integers(0, 2**16))
+@settings(deadline=None)
+def test_winograd_matches_the_loop_reference(case, seed):
+    xs, ws, p = case
+    g = np.random.default_rng(seed)
+    x, w = g.standard_normal(xs), g.standard_normal(ws)
+    expected = conv_module.conv2d_reference(x, w, None, (1, 1), p)
+    assert_close(conv_module.conv2d_winograd_reference(x, w, p), expected, scale=10.0)
+    assert_close(conv_module.conv2d_winograd_numba(x, w, p), expected, scale=10.0)
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    assert_close(conv_module.conv2d_winograd_numba(x32, w32, p), expected.astype(np.float32),
+                 scale=10.0 * math.sqrt(9 * xs[1]))
+
+
+def test_transforms_are_those_of_the_paper():
+    # F(2, 3) in one dimension: A^T [(G g) * (B^T d)] is the 2-tap-output correlation of d with g
+    g, d = np.random.default_rng(1).standard_normal(3), np.random.default_rng(2).standard_normal(4)
+    direct = np.array([d[0:3] @ g, d[1:4] @ g])
+    K = conv_module
+    assert_close(K.WINO_AT @ ((K.WINO_G @ g) * (K.WINO_BT @ d)), direct)
+    w = np.random.default_rng(3).standard_normal((2, 3, 3, 3))
+    U = conv_module.winograd_weights(w)  # (16, O, C) = G g G^T, row-major over the 4x4 tile
+    assert U.shape == (16, 2, 3)
+    assert_close(U[:, 1, 2].reshape(4, 4), conv_module.WINO_G @ w[1, 2] @ conv_module.WINO_G.T)
+
+
+def wino_grads(algo, x, w, b, p, gy):
+    ts = [msn.Tensor(a, requires_grad=True) for a in (x, w, b)]
+    with F.conv2d_algorithm(algo):
+        y = F.conv2d(*ts, padding=p)
+        y.backward(msn.Tensor(gy))
+    return [y.data] + [t.grad for t in ts]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, p", [((2, 5, 9, 8), 1), ((1, 3, 6, 7), 0), ((2, 4, 5, 5), 2)])
+def test_forced_winograd_equals_im2col_forward_and_backward(shape, p, dtype):
+    g = np.random.default_rng(4)
+    x = g.standard_normal(shape).astype(dtype)
+    w = (g.standard_normal((6, shape[1], 3, 3)) / 3).astype(dtype)
+    b = g.standard_normal(6).astype(dtype)
+    oh, ow = shape[2] + 2 * p - 2, shape[3] + 2 * p - 2
+    gy = g.standard_normal((shape[0], 6, oh, ow)).astype(dtype)
+    with msn.use_impl("numba"):
+        forced = wino_grads("winograd", x, w, b, p, gy)
+        for a, e in zip(forced, wino_grads("im2col", x, w, b, p, gy), strict=True):
+            assert_close(a, e, scale=30.0)
+
+
+def test_gradcheck_through_winograd():
+    g = np.random.default_rng(5)
+    x, w, b = g.standard_normal((2, 3, 5, 6)), g.standard_normal((4, 3, 3, 3)), g.standard_normal(
+        4)
+    with msn.use_impl("numba"), F.conv2d_algorithm("winograd"):
+        assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, padding=1), [x, w, b])
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    seen = []
+    real = conv_module.conv2d_winograd_numba
+
+    def counting(x, w, padding):
+        seen.append((x.shape, w.shape, padding))
+        return real(x, w, padding)
+
+    monkeypatch.setattr(conv_module, "conv2d_winograd_numba", counting)
+    return seen
+
+
+@pytest.mark.parametrize("algo, expected", [("winograd", 2), ("im2col", 0), ("auto", 0)])
+def test_the_switch_chooses_the_path(calls, algo, expected):
+    # forward and input gradient each run one Winograd conv when forced; none under "im2col",
+    # and none in auto mode at 4 channels (below WINOGRAD_MIN_CHANNELS)
+    g = np.random.default_rng(6)
+    x, w = g.standard_normal((1, 4, 6, 6)), g.standard_normal((4, 4, 3, 3))
+    with msn.use_impl("numba"):
+        wino_grads(algo, x, w, np.zeros(4), 1, g.standard_normal((1, 4, 6, 6)))
+    assert len(calls) == expected
+    if expected:
+        assert calls[1] == ((1, 4, 6, 6), (4, 4, 3, 3), (1, 1))  # the adjoint: gy, rotated w
+
+
+def test_auto_takes_winograd_where_it_measured_faster(calls, monkeypatch):
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNELS", 4)
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_PIXELS", 36)
+    g = np.random.default_rng(7)
+    x, w = g.standard_normal((1, 4, 6, 6)), g.standard_normal((4, 4, 3, 3))
+    with msn.use_impl("numba"):
+        wino_grads("auto", x, w, np.zeros(4), 1, g.standard_normal((1, 4, 6, 6)))
+    assert len(calls) == 1  # the forward only: the backward keeps its one-pass im2col
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2), dict(dilation=2, padding=2), dict(groups=2),
+                                    dict(kernel=5)])
+def test_ineligible_convs_never_take_winograd(calls, kwargs):
+    k = kwargs.pop("kernel", 3)
+    groups = kwargs.get("groups", 1)
+    x = np.random.default_rng(8).standard_normal((1, 4, 9, 9))
+    w = np.random.default_rng(9).standard_normal((4, 4 // groups, k, k))
+    with msn.use_impl("numba"), F.conv2d_algorithm("winograd"):
+        y = F.conv2d(x, w, **kwargs)
+        with msn.use_impl("reference"):
+            assert_close(y.data, F.conv2d(x, w, **kwargs).data)
+    assert calls == []
+
+
+@pytest.mark.parametrize("budget, min_flops", [(1, 0), (3000, 0), (10**9, math.inf)])
+def test_blocks_and_workers_do_not_change_the_result(monkeypatch, budget, min_flops):
+    monkeypatch.setitem(conv_module.BLOCK_BYTES, "numba", budget)
+    monkeypatch.setattr(conv_module, "PER_CORE_MIN_FLOPS", min_flops)
+    g = np.random.default_rng(10)
+    x, w = g.standard_normal((3, 4, 9, 7)), g.standard_normal((5, 4, 3, 3))
+    expected = conv_module.conv2d_reference(x, w, None, (1, 1), (1, 1))
+    assert_close(conv_module.conv2d_winograd_numba(x, w, (1, 1)), expected, scale=10.0)
+
+
+def test_bad_algorithm_name():
+    with pytest.raises(ValueError, match="name must be"):
+        with F.conv2d_algorithm("fft"):
+            pass

@@ -28,8 +28,6 @@ Output sizes (SPEC): conv2d ``H_out = floor((H + 2p - d(k-1) - 1) / s) + 1``; co
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
 
 import numpy as np
@@ -125,27 +123,6 @@ def _check_common(op: str, x: Any, weight: Any, bias: Any, stride: Any, padding:
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{op}: input has an empty batch or channel axis: shape {x.shape}")
     return x, weight, bias, s, p, d, groups
-
-
-# Names that moved to kernels/conv2d.py with the driver. Reading or setting them here reads or sets
-# them there, so code (and tests) that tune or patch the driver through this module still do.
-_MOVED = {"BLOCK_BYTES": "BLOCK_BYTES", "PER_CORE_MIN_FLOPS": "PER_CORE_MIN_FLOPS",
-          "ROTATED_KERNEL_IMPLS": "ROTATED_KERNEL_IMPLS", "_conv2d_array": "conv2d_array",
-          "_conv_transpose2d_array": "conv_transpose2d_array", "_rotated": "_rotated",
-          "_blocks": "_blocks", "_col2im_phases": "_col2im_phases"}
-
-
-globals().update({name: getattr(_conv_kernels, there) for name, there in _MOVED.items()})
-
-
-class _ForwardingModule(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _MOVED:
-            setattr(_conv_kernels, _MOVED[name], value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _ForwardingModule
 
 
 # ============================================================================================
