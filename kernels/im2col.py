@@ -32,7 +32,7 @@ conv2d restricted to the first OH x OW outputs, and both directions must agree o
 Row blocks. ``rows=(r0, r1)`` restricts both kernels to output rows r0 <= i < r1: im2col then
 returns (N, C*KH*KW, (r1-r0)*OW), the block of columns those rows need, and col2im adds that block
 back. With ``acc=`` col2im adds into an existing image instead of a zeroed one, so a convolution
-can walk over row blocks whose columns fit in cache (``minisegnet/functional/conv.py`` does this
+can walk over row blocks whose columns fit in cache (``kernels/conv2d.py``'s driver does this
 on the CPU): the full column matrix, 9x the input for a 3x3 kernel, never exists in memory.
 im2col's ``out=`` takes the array to write into, so those blocks can reuse one scratch buffer.
 
