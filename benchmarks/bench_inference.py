@@ -10,13 +10,14 @@ schedulers and memory): the real nuclei image tiled into an S x S mosaic, saved 
 
 For each: wall time, megapixels per second and peak resident memory of the process that computed
 (``ru_maxrss`` of a fresh process: the predict_tiled child, each worker), next to its resident
-memory before the computation. The memory of a worker must not grow with the image: the 1-worker
-run is repeated at S/2. Every Dask result is validated against predict_tiled (labels identical)
-before its numbers count. Writes ``benchmarks/RESULTS_inference.md`` (CPU model and the load
-average beside the numbers: the machine is shared).
+memory before the computation. Every Dask result is validated against predict_tiled (labels
+identical) before its numbers count. A second table runs one worker on 2048^2, 4096^2 and 8192^2
+images with a cheap base-1 network: a worker's peak memory against the image size. Writes
+``benchmarks/RESULTS_inference.md`` (CPU model and the load average beside the numbers: the
+machine is shared). About 6 minutes on 2 busy cores.
 
     python benchmarks/bench_inference.py                       # 4096 x 4096, tile 512
-    python benchmarks/bench_inference.py --size 2048 --out -   # smaller; print only
+    python benchmarks/bench_inference.py --size 1024 --memory-sizes 1024,2048 --out -  # print only
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging
 import multiprocessing as mp
 import os
 import platform
+import queue
 import resource
 import subprocess
 import sys
@@ -84,14 +86,26 @@ def _tiled_child(npy: str, base: int, depth: int, tile: int, q) -> None:
     q.put((time.perf_counter() - t, before, peak_rss_mb(), labels))
 
 
-def run_tiled(npy: str, base: int, depth: int, tile: int):
-    ctx = mp.get_context("spawn")  # a fresh process: its peak RSS is this run's alone
+def in_child(target, *args):
+    """``target(*args, queue)`` in a fresh process (its peak RSS is this run's alone); what it put
+    on the queue. A child that dies is an error, not a hang."""
+    ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_tiled_child, args=(npy, base, depth, tile, q))
+    p = ctx.Process(target=target, args=(*args, q))
     p.start()
-    out = q.get()
+    while True:
+        try:
+            out = q.get(timeout=2)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"{target.__name__} died (exit code {p.exitcode})") from None
     p.join()
     return out
+
+
+def run_tiled(npy: str, base: int, depth: int, tile: int):
+    return in_child(_tiled_child, npy, base, depth, tile)
 
 
 def _threads_child(npy: str, base: int, depth: int, tile: int, out: str, q) -> None:
@@ -100,7 +114,10 @@ def _threads_child(npy: str, base: int, depth: int, tile: int, out: str, q) -> N
     labels = predict_dask(make_model(base, depth), npy, tile=tile)
     before = rss_mb()
     t = time.perf_counter()
-    labels.to_zarr(out, overwrite=True, compute=True, scheduler="threads")
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        labels.to_zarr(out, overwrite=True, compute=True)
     q.put((time.perf_counter() - t, before, peak_rss_mb()))
 
 
@@ -113,12 +130,7 @@ def run_dask(npy: str, model, tile: int, out: str, workers: int | None, base: in
 
     labels = predict_dask(model, npy, tile=tile)
     if workers is None:
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        p = ctx.Process(target=_threads_child, args=(npy, base, depth, tile, out, q))
-        p.start()
-        dt, before, peak = q.get()
-        p.join()
+        dt, before, peak = in_child(_threads_child, npy, base, depth, tile, out)
         return dt, [(before, peak)], labels, np.asarray(zarr.open_array(out))
     from distributed import Client, LocalCluster
 
@@ -146,46 +158,61 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def row_of(size: int, name: str, blocks: str, dt: float, mem, load: float) -> str:
+    return (f"| {size}x{size} | {name} | {blocks} | {dt:.1f} | {size * size / 1e6 / dt:.2f} | "
+            + ", ".join(f"{b:.0f} -> {p:.0f}" for b, p in mem) + f" | {load:.1f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=4096, help="image side S (default 4096)")
     ap.add_argument("--tile", type=int, default=512, help="output tile = Dask block (default 512)")
     ap.add_argument("--base", type=int, default=4, help="U-Net base channels (default 4)")
     ap.add_argument("--depth", type=int, default=3, help="U-Net depth (default 3)")
+    ap.add_argument("--memory-sizes", default="2048,4096,8192",
+                    help="sides of the memory sweep (1 worker, base-1 U-Net; '' to skip)")
     ap.add_argument("--out", default=str(HERE / "RESULTS_inference.md"), help="'-' to print only")
     args = ap.parse_args(argv)
 
     model = make_model(args.base, args.depth)
-    rows, started = [], time.time()
+    speed, memory, started = [], [], time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        for size in (args.size, args.size // 2):
+        size = args.size
+        npy = os.path.join(tmp, f"mosaic{size}.npy")
+        np.save(npy, mosaic(size))
+        ref = None
+        for name, workers in [("predict_tiled, 1 process", "tiled"),
+                              ("predict_dask, Dask threads", None),
+                              ("predict_dask, distributed 1 worker", 1),
+                              ("predict_dask, distributed 2 workers", 2)]:
+            load0 = os.getloadavg()[0]
+            if workers == "tiled":
+                dt, before, peak, ref = run_tiled(npy, args.base, args.depth, args.tile)
+                mem, blocks = [(before, peak)], "-"
+            else:
+                dt, mem, labels, got = run_dask(npy, model, args.tile,
+                                                os.path.join(tmp, "labels.zarr"), workers,
+                                                args.base, args.depth)
+                assert np.array_equal(got, ref), f"{name}: labels differ from predict_tiled"
+                blocks = f"{labels.numblocks[0]}x{labels.numblocks[1]} of {labels.chunksize[0]}"
+            speed.append(row_of(size, name, blocks, dt, mem, (load0 + os.getloadavg()[0]) / 2))
+            print(speed[-1], flush=True)
+        os.remove(npy)
+        # Memory against image size: a cheap network, so that big images take seconds.
+        small_model = make_model(1, 2)
+        for size in [int(s) for s in args.memory_sizes.split(",") if s]:
             npy = os.path.join(tmp, f"mosaic{size}.npy")
             np.save(npy, mosaic(size))
-            mp_ = size * size / 1e6
-            one = ("predict_dask, distributed 1 worker", 1)
-            runs = ([("predict_tiled, 1 process", "tiled"), ("predict_dask, Dask threads", None),
-                     one, ("predict_dask, distributed 2 workers", 2)]
-                    if size == args.size else [one])
-            ref = None
-            for name, workers in runs:
-                load0 = os.getloadavg()[0]
-                if workers == "tiled":
-                    dt, before, peak, ref = run_tiled(npy, args.base, args.depth, args.tile)
-                    mem, blocks = [(before, peak)], "-"
-                else:
-                    dt, mem, labels, got = run_dask(npy, model, args.tile,
-                                                    os.path.join(tmp, "labels.zarr"), workers,
-                                                    args.base, args.depth)
-                    if ref is not None:  # validate before the numbers count
-                        assert np.array_equal(got, ref), f"{name}: labels differ from predict_tiled"
-                    else:
-                        ref = got
-                    blocks = f"{labels.numblocks[0]}x{labels.numblocks[1]} of {labels.chunksize[0]}"
-                load = (load0 + os.getloadavg()[0]) / 2
-                row = (f"| {size}x{size} | {name} | {blocks} | {dt:.1f} | {mp_ / dt:.2f} | "
-                       + ", ".join(f"{b:.0f} -> {p:.0f}" for b, p in mem) + f" | {load:.1f} |")
-                print(row, flush=True)
-                rows.append(row)
+            load0 = os.getloadavg()[0]
+            dt, mem, labels, _ = run_dask(npy, small_model, args.tile,
+                                          os.path.join(tmp, "labels.zarr"), 1, 1, 2)
+            blocks = f"{labels.numblocks[0]}x{labels.numblocks[1]} of {labels.chunksize[0]}"
+            memory.append(row_of(size, f"1 worker ({size * size * 4 / 2**20:.0f} MB image)",
+                                 blocks, dt, mem, (load0 + os.getloadavg()[0]) / 2))
+            print(memory[-1], flush=True)
+            os.remove(npy)
+    table = ["| image | run | blocks | seconds | MP/s | memory MB (before -> peak) | load avg |",
+             "|---|---|---|---|---|---|---|"]
     header = [
         "# Overlap-tile prediction of a large image: one process against Dask workers",
         "",
@@ -198,19 +225,27 @@ def main(argv: list[str] | None = None) -> int:
         "(load average = mean of the 1-minute load before and after each run). Image: the nuclei "
         "mosaic, float32 `.npy` read through a memory map. Model: random-weight same-padded U-Net "
         f"(base {args.base}, depth {args.depth}, batch norm), 2 classes. Dask runs write uint8 "
-        "labels "
-        "to zarr (never gathered) and are checked equal to predict_tiled's labels first. Workers: "
-        "1 thread each (Numba's kernels use all cores inside each).",
+        "labels to zarr (never gathered) and are checked equal to predict_tiled's labels first. "
+        "Workers: 1 thread each (Numba's kernels use all cores inside each).",
         "",
         "Memory: resident MB of the computing process before the run -> its peak (ru_maxrss of a "
         "fresh process: a child for predict_tiled and for the threads, each worker of a fresh "
-        "cluster; one pair per worker). predict_tiled holds the image and the (K, H, W) "
-        "float32 logits; a worker holds a few blocks and one tile's forward pass.",
+        "cluster; one pair per worker). predict_tiled holds the image and the (K, H, W) float32 "
+        "logits; a worker holds the blocks in flight and the strips of finished blocks that "
+        "their neighbours still need.",
         "",
-        "| image | run | blocks | seconds | MP/s | memory MB (before -> peak) | load avg |",
-        "|---|---|---|---|---|---|---|",
+        "## Throughput",
+        "",
+        *table, *speed,
+        "",
+        "## Peak memory of one worker against image size",
+        "",
+        f"1 worker, tile {args.tile}, a base-1 depth-2 U-Net (cheap, so that the large images "
+        "take seconds; the block and the strips are the same as above).",
+        "",
+        *table, *memory,
     ]
-    text = "\n".join(header + rows) + "\n"
+    text = "\n".join(header) + "\n"
     if args.out != "-":
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")

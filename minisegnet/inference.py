@@ -402,7 +402,9 @@ class _NpyFile:
         self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(np.load(self.path, mmap_mode="r")[key])
+        # A copy, never a view: a view keeps the whole file mapped (and its touched pages
+        # resident) for as long as any slice of the block lives.
+        return np.array(np.load(self.path, mmap_mode="r")[key], copy=True)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "shape": self.shape, "dtype": self.dtype, "ndim": self.ndim}
