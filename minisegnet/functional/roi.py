@@ -193,6 +193,11 @@ def roi_align(input: Any, boxes: Boxes, output_size: IntOrPair, spatial_scale: f
     input coordinates (``spatial_scale`` maps them to the feature map, e.g. 1/16). Differentiable
     in ``input`` only: boxes are constants. K = 0 gives an empty (0, C, PH, PW) output.
     ``sampling_ratio`` is a positive int, or -1 / 0 for the adaptive grid.
+
+    Work is bounded however large a box is: only samples within one pixel of the map are visited
+    (the others add 0), so with the adaptive grid a box costs at most
+    O(C (PH + 2H + 4)(PW + 2W + 4)); a grid above 2^31 - 1 samples per axis of a bin (a box some
+    2^31 bins wide) is a ValueError naming the box.
     """
     op = "roi_align"
     x = _feature_map(input, op)
@@ -280,7 +285,8 @@ def roi_pool(input: Any, boxes: Boxes, output_size: IntOrPair,
     ``[floor(pw*roi_w/PW) + x1', ceil((pw+1)*roi_w/PW) + x1')`` clamped to [0, W] (likewise rows);
     the output is the max over the bin (first maximum in row-major order; NaN wins), 0 for an
     empty bin. The backward adds each bin's gradient at its argmax. ``boxes`` as in
-    :func:`roi_align`; differentiable in ``input`` only.
+    :func:`roi_align`; differentiable in ``input`` only. Bins are clamped to the map before any
+    pixel is read, so a huge box costs what a box over the whole map costs.
     """
     op = "roi_pool"
     x = _feature_map(input, op)
