@@ -226,3 +226,22 @@ def test_full_width_is_vgg16_plus_the_fcn_layers():
     model = FCN(K, "8s")
     fcn_layers = ((4096 + 512 + 256) * K + 3 * K) + K * K * (4 * 4 + 4 * 4 + 16 * 16)
     assert model.num_parameters() == 14_714_688 + 102_764_544 + 16_781_312 + fcn_layers
+
+
+@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+def test_batch_norm_variant_keeps_the_geometry_and_trains(variant):
+    """VGG16-BN stages: same crops as the paper's net, BN layers after every stage conv, no
+    conv bias in front of a BN, gradients reach the first conv."""
+    import minisegnet.functional as F
+
+    plain, bn = FCN(2, variant, width=1), FCN(2, variant, width=1, batch_norm=True)
+    assert bn.crops == plain.crops
+    stage_convs = [m for name, m in bn.named_modules() if name.startswith("conv") and isinstance(m, nn.Conv2d)]
+    norms = [m for m in bn.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(stage_convs) == len(norms) == 13
+    assert all(c.bias is None for c in stage_convs)
+    x = msn.Tensor(np.random.default_rng(0).standard_normal((2, 3, 21, 34)).astype(np.float32))
+    y = bn(x)
+    assert y.shape == (2, 2, 21, 34)
+    F.cross_entropy(y, msn.Tensor(np.zeros((2, 21, 34), np.int64))).backward()
+    assert np.any(bn.conv1.conv1_1.weight.grad != 0)

@@ -200,17 +200,22 @@ def _he_normal(conv: nn.Conv2d) -> None:
     w = default_rng().standard_normal(conv.weight.shape, dtype=conv.weight.dtype)
     w *= np.sqrt(2.0 / fan_in)
     conv.weight.data[...] = w
-    conv.bias.data[...] = 0
+    if conv.bias is not None:
+        conv.bias.data[...] = 0
 
 
 def _vgg_stage(stage: int, cin: int, cout: int, convs: int,
-               first_padding: int = 1) -> nn.Sequential:
-    """VGG stage ``stage``: ``convs`` x (3x3 conv + ReLU), named conv{stage}_{i}, relu{stage}_{i}.
+               first_padding: int = 1, batch_norm: bool = False) -> nn.Sequential:
+    """VGG stage ``stage``: ``convs`` x (3x3 conv [+ BN] + ReLU), named conv{stage}_{i},
+    [bn{stage}_{i},] relu{stage}_{i} (VGG16-BN's layout when ``batch_norm``).
     """
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     for i in range(1, convs + 1):
         pad = first_padding if i == 1 else 1
-        layers[f"conv{stage}_{i}"] = nn.Conv2d(cin if i == 1 else cout, cout, 3, padding=pad)
+        layers[f"conv{stage}_{i}"] = nn.Conv2d(cin if i == 1 else cout, cout, 3, padding=pad,
+                                               bias=not batch_norm)
+        if batch_norm:
+            layers[f"bn{stage}_{i}"] = nn.BatchNorm2d(cout)
         layers[f"relu{stage}_{i}"] = nn.ReLU()
     return nn.Sequential(layers)
 
@@ -220,11 +225,14 @@ class FCN(nn.Module):
 
     ``variant``: "32s", "16s" or "8s". ``width``: VGG16's 64 by default; stages have
     ``width * (1, 2, 4, 8, 8)`` channels and fc6/fc7 ``64 * width``. ``dropout``: after fc6 and
-    fc7 (0.5 as in VGG16). Maps (N, in_channels, H, W) to (N, num_classes, H, W) for any H, W.
+    fc7 (0.5 as in VGG16). ``batch_norm``: VGG16-BN's stages (conv + BN + ReLU), not in the
+    paper, which fine-tuned an ImageNet VGG16; from scratch and on small budgets the plain net
+    sits at "everything is background" for hundreds of steps, the BN one trains at once.
+    Maps (N, in_channels, H, W) to (N, num_classes, H, W) for any H, W.
     """
 
     def __init__(self, num_classes: int, variant: str = "32s", in_channels: int = 3,
-                 width: int = 64, dropout: float = 0.5) -> None:
+                 width: int = 64, dropout: float = 0.5, batch_norm: bool = False) -> None:
         super().__init__()
         if variant not in ("32s", "16s", "8s"):
             raise ValueError(f"variant: must be '32s', '16s' or '8s', got {variant!r}")
@@ -235,12 +243,13 @@ class FCN(nn.Module):
         c1, c2, c3, c4, c5, fc = w, 2 * w, 4 * w, 8 * w, 8 * w, 64 * w
         # conv1_1's padding of 100: enough border that fc6 (7x7, unpadded, on pool5) has an
         # output for small inputs; the crops below remove what it adds.
-        self.conv1 = _vgg_stage(1, in_channels, c1, 2, first_padding=100)
+        bn = batch_norm
+        self.conv1 = _vgg_stage(1, in_channels, c1, 2, first_padding=100, batch_norm=bn)
         self.pool1 = CeilMaxPool2d()
-        self.conv2, self.pool2 = _vgg_stage(2, c1, c2, 2), CeilMaxPool2d()
-        self.conv3, self.pool3 = _vgg_stage(3, c2, c3, 3), CeilMaxPool2d()
-        self.conv4, self.pool4 = _vgg_stage(4, c3, c4, 3), CeilMaxPool2d()
-        self.conv5, self.pool5 = _vgg_stage(5, c4, c5, 3), CeilMaxPool2d()
+        self.conv2, self.pool2 = _vgg_stage(2, c1, c2, 2, batch_norm=bn), CeilMaxPool2d()
+        self.conv3, self.pool3 = _vgg_stage(3, c2, c3, 3, batch_norm=bn), CeilMaxPool2d()
+        self.conv4, self.pool4 = _vgg_stage(4, c3, c4, 3, batch_norm=bn), CeilMaxPool2d()
+        self.conv5, self.pool5 = _vgg_stage(5, c4, c5, 3, batch_norm=bn), CeilMaxPool2d()
         # VGG's classifier, convolutionalized: fc6 reads 7x7 pool5 windows
         self.fc6, self.drop6 = nn.Conv2d(c5, fc, 7), nn.Dropout(dropout)
         self.fc7, self.drop7 = nn.Conv2d(fc, fc, 1), nn.Dropout(dropout)
