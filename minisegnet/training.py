@@ -148,6 +148,12 @@ def model_from_checkpoint(path: str, device: str = "cpu") -> tuple[Any, dict[str
     """Rebuild the model a checkpoint was trained as, with its weights; returns (model, meta)."""
     sd, meta, _ = load_checkpoint(path)
     cfg = meta["config"]
+    if cfg["model"] == "maskhead":
+        raise CheckpointError(
+            f"checkpoint: {path!r} is a maskhead (instance) checkpoint; its metrics are in its run "
+            "directory, and minisegnet.instance.model_from_checkpoint loads it (evaluate and "
+            "predict take semantic models)"
+        )
     model = build_model(cfg["model"], meta["num_classes"], meta["in_channels"], cfg["model_kwargs"])
     try:
         model.load_state_dict(sd)
