@@ -49,8 +49,19 @@ def _forget_after_fork() -> None:
     _blas_users = 0
 
 
+def _hold_lock_for_fork() -> None:
+    # No BLAS resize may be half done in another thread when the process forks: threadpoolctl's
+    # own lock, taken inside it, would stay locked in the child.
+    _lock.acquire()
+
+
+def _release_lock_after_fork() -> None:
+    _lock.release()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
+    os.register_at_fork(before=_hold_lock_for_fork, after_in_parent=_release_lock_after_fork,
+                        after_in_child=_forget_after_fork)
 
 
 def workers() -> int:
