@@ -36,6 +36,7 @@ BENCH_MODULES = (
     "depthwise_conv2d",
     "separable_conv2d",
     "conv_transpose2d",
+    "batch_norm",
     "max_pool2d",
     "adaptive_avg_pool2d",
     "interpolate",
