@@ -14,7 +14,11 @@ the CPU and with the load of a shared machine; the table gives the median ratio 
   (8,16,64) [geomean "16"].
 * ``bn``: BatchNorm2d(64) training forward + backward (gx, gamma, beta) on 8x64x128x128.
 
-Run: ``python benchmarks/bench_train_step.py [--what unet,conv,bn] [--repeats 7]``.
+Run: ``python benchmarks/bench_train_step.py [--what unet,conv,bn] [--repeats 7] [--cpu-time]``.
+``--cpu-time`` runs both libraries on one thread (Numba, BLAS and PyTorch) and times CPU seconds
+(``time.process_time``) instead of wall time: on a shared, overloaded machine wall times measure
+the scheduler more than the code (PyTorch's OpenMP threads suffer most), while one-thread CPU time
+stays close to the work done.
 """
 
 from __future__ import annotations
@@ -119,7 +123,7 @@ def unet_runners(N=4, HW=128, base=16, depth=4):
         loss = torch.nn.functional.cross_entropy(twin(xt), tt)
         loss.backward()
         topt.step()
-        return float(loss)
+        return float(loss.detach())
 
     a, b = ours(), theirs()  # the first step from the same weights: same loss
     assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), f"U-Net twins disagree: loss {a} vs {b}"
@@ -201,6 +205,9 @@ def _check(a, b, what):
 
 # ---- timing --------------------------------------------------------------------------------
 
+CLOCK = time.perf_counter
+
+
 def interleaved(ours, theirs, repeats: int, inner: int = 1) -> tuple[float, float, list[float]]:
     """Median time of each (seconds) and the per-round ratios, rounds alternating the order."""
     t_ours, t_theirs, ratios = [], [], []
@@ -208,10 +215,10 @@ def interleaved(ours, theirs, repeats: int, inner: int = 1) -> tuple[float, floa
         pair = {}
         for name, fn in ((("ours", ours), ("theirs", theirs)) if r % 2 == 0
                          else (("theirs", theirs), ("ours", ours))):
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             for _ in range(inner):
                 fn()
-            pair[name] = (time.perf_counter() - t0) / inner
+            pair[name] = (CLOCK() - t0) / inner
         t_ours.append(pair["ours"])
         t_theirs.append(pair["theirs"])
         ratios.append(pair["ours"] / pair["theirs"])
@@ -227,15 +234,26 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--what", default="unet,conv,bn")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--cpu-time", action="store_true", help="one thread each, CPU seconds")
     args = ap.parse_args(argv)
     import torch
 
     import minisegnet  # noqa: F401 - sets the threading layer before any kernel runs
     from benchmarks.common import _cpu_model
 
+    global CLOCK
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.cpu_time:
+        import numba
+        from threadpoolctl import threadpool_limits
+
+        numba.set_num_threads(1)
+        torch.set_num_threads(1)
+        threadpool_limits(1)
+        CLOCK = time.process_time
     what = args.what.split(",")
     print(f"CPU: {_cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+          f"{'one thread each, CPU time' if args.cpu_time else 'all cores, wall time'}; "
           f"load average before: {os.getloadavg()[0]:.2f}")
     print("| figure | minisegnet ms | PyTorch ms | ratio (median) | ratio spread |")
     print("|---|---|---|---|---|")
