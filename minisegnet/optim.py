@@ -18,7 +18,6 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-
 from .backend import get_array_module, to_numpy
 from .tensor import Tensor, no_grad
 
