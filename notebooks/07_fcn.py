@@ -241,8 +241,8 @@ for hw in [(1, 1), (17, 30), (45, 45)]:
 #
 # The three variants differ only in the head: FCN-32s upsamples the stride-32 scores in one step;
 # FCN-16s first adds scores from pool4 (stride 16), FCN-8s also from pool3 (stride 8). The skip
-# scores start at zero, so training starts each finer net from the coarser one's prediction and
-# the skips have to earn their keep.
+# scores start at zero, so at first each finer net predicts from the stride-32 scores alone, as
+# FCN-32s does, and the skips have to earn their keep.
 #
 # Equal budgets: the same data, seed, width, optimizer (Adam with cosine decay) and number of
 # steps. The data are the synthetic `shapes` images (circle / rectangle / triangle; the class is
@@ -250,7 +250,7 @@ for hw in [(1, 1), (17, 30), (45, 45)]:
 
 # %%
 SIZE, WIDTH = (32, 2) if FAST else (64, 8)
-STEPS, BATCH = (12, 8) if FAST else (400, 8)
+STEPS, BATCH = (12, 8) if FAST else (300, 8)
 train_set = data.load("shapes", split="train", n=64 if FAST else 256, size=SIZE)
 test_set = data.load("shapes", split="test", n=16 if FAST else 64, size=SIZE)
 K = train_set.num_classes

@@ -415,7 +415,10 @@ fig.tight_layout()
 # In fast mode (30 steps of a small net) the network has found the nuclei but not yet the gaps;
 # `instances_from_semantic` helps by growing seeds where the network is sure. At full size, compare
 # the two rows: with the weight map the probability dips between touching nuclei, and more of them
-# come out as separate instances.
+# come out as separate instances. (Our full-size run, seed 0, 320 steps each: instance accuracy
+# 0.684 with the weight map against 0.587 without, plain components 0.526 against 0.500; the
+# unweighted net has the *higher* foreground IoU, 0.882 against 0.850: the weights trade
+# pixels for separations. One seed: an indication, not a measurement of the spread.)
 
 # %%
 if not FAST:
