@@ -272,13 +272,13 @@ def _block_budget(impl: str, rows: int) -> int | None:
 
 
 def _blocks(impl: str, N: int, row_bytes: int, oh: int, parts: int = 1,
-            budget: int | None | str = "default") -> list[tuple[int, int, int, int]]:
+            budget: int | None = None) -> list[tuple[int, int, int, int]]:
     """(n0, n1, r0, r1) blocks covering images [0, N) x output rows [0, oh): either groups of whole
     images or row ranges of one image, each within ``budget`` bytes of columns (default
     BLOCK_BYTES; give or take an image or a row), and, for ``parts`` workers, at least ``parts``
     blocks of near-equal size (a multiple of ``parts`` where the sizes allow) so that no core
     idles."""
-    if budget == "default":
+    if budget is None:  # an implementation without an entry builds all columns at once
         budget = BLOCK_BYTES.get(impl)
     image_bytes = row_bytes * oh
     if budget is None or (parts == 1 and image_bytes * N <= budget):
