@@ -9,7 +9,7 @@ schedulers and memory): the real nuclei image tiled into an S x S mosaic, saved 
 * ``distributed, N workers``   the same on a ``LocalCluster`` of N worker processes (1 thread each)
 
 For each: wall time, megapixels per second and peak resident memory of the process that computed
-(``ru_maxrss`` of a fresh process: the predict_tiled child, each worker), next to its resident
+(``VmHWM`` of a fresh process: the predict_tiled child, each worker), next to its resident
 memory before the computation. Every Dask result is validated against predict_tiled (labels
 identical) before its numbers count. A second table runs one worker on 2048^2, 4096^2 and 8192^2
 images with a cheap base-1 network: a worker's peak memory against the image size. Writes
@@ -28,7 +28,6 @@ import multiprocessing as mp
 import os
 import platform
 import queue
-import resource
 import subprocess
 import sys
 import tempfile
@@ -63,16 +62,23 @@ def make_model(base: int, depth: int):
     return UNet(1, 2, base_channels=base, depth=depth, padding="same", batch_norm=True).eval()
 
 
-def rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak resident memory: VmHWM, the high-water mark of its own address space.
+    Not ru_maxrss, which Linux carries across fork and exec: a worker spawned by a parent that
+    once held a big image would report the parent's peak."""
+    return _status_mb("VmHWM")
 
 
 def _tiled_child(npy: str, base: int, depth: int, tile: int, q) -> None:
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "labels to zarr (never gathered) and are checked equal to predict_tiled's labels first. "
         "Workers: 1 thread each (Numba's kernels use all cores inside each).",
         "",
-        "Memory: resident MB of the computing process before the run -> its peak (ru_maxrss of a "
+        "Memory: resident MB of the computing process before the run -> its peak (VmHWM of a "
         "fresh process: a child for predict_tiled and for the threads, each worker of a fresh "
         "cluster; one pair per worker). predict_tiled holds the image and the (K, H, W) float32 "
         "logits; a worker holds the blocks in flight and the strips of finished blocks that "
