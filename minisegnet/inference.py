@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["predict_image", "instances_from_semantic", "predict_dask", "ModelSpec"]
+__all__ = ["predict_image", "instances_from_semantic", "predict_dask", "predict_to_zarr",
+           "normalize_lazy", "tile_sizes", "ModelSpec"]
 
 
 def predict_image(model: Any, image: Any, device: str = "cpu", tile: Any = None,
