@@ -261,8 +261,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             try:
                 h, w = predict_to_zarr(args.checkpoint, src, out, scheduler=args.scheduler,
                                        tile=args.tile, progress=progress)
-            except ConnectionError as e:
-                raise UsageError(f"--scheduler: {e}") from None
+            except ConnectionError as e:  # "scheduler: cannot reach ..." -> "--scheduler: ..."
+                raise UsageError(f"--{e}") from None
             except TypeError as e:  # a checkpoint of a model that is not a U-Net
                 raise UsageError(f"--checkpoint: {e}") from None
             print(f"{path}: {h}x{w} -> {out}")
