@@ -504,12 +504,16 @@ def predict_dask(model_or_checkpoint: Any, image: Any, tile: int | tuple[int, in
     Blocks are runs of output tiles on the 2^depth grid, read with their context by
     ``dask.array.map_overlap`` (mirrored at the border exactly as ``predict_tiled`` mirrors), and
     each tile is the forward pass ``predict_tiled`` runs for it, so the result equals
-    ``predict_tiled``'s (softmax/argmax of its logits) up to float rounding. An image smaller than
-    one tile is mirrored as ``predict_tiled`` mirrors it (one block). A worker holds a block and its
-    context, one tile's forward pass per thread and the model, whatever the image size.
+    ``predict_tiled``'s (softmax/argmax of its logits) up to float rounding (bitwise in our
+    tests). An image smaller than one tile is mirrored as ``predict_tiled`` mirrors it (one
+    block). A worker holds the model, one tile's forward pass per thread, the blocks in flight and
+    the overlap strips that the next row of blocks still needs: memory grows with the image's
+    width, not its area (benchmarks/RESULTS_inference.md: 312 MB at 2048^2, 430 MB at 8192^2).
 
-    The model is one key of the graph (a :class:`ModelSpec`), sent to each worker once. Compute
-    with any scheduler, or stream to disk without gathering::
+    The model is one key of the graph (a :class:`ModelSpec`), sent to each ``dask.distributed``
+    worker once and built once per process (Dask's local process pool pickles a task's inputs
+    with every task, so there the weights travel with each block; the build still happens once
+    per process). Compute with any scheduler, or stream to disk without gathering::
 
         labels = predict_dask("runs/unet-nuclei/best.npz", "big.zarr")
         labels.to_zarr("labels.zarr")                       # threads, or the active Client
