@@ -651,7 +651,8 @@ def predict_to_zarr(checkpoint: str, image: Any, out: str, scheduler: str | None
                 if progress:
                     from distributed import progress as dist_progress
 
-                    dist_progress(fut)
+                    with client.as_current():  # progress() looks for the current client
+                        dist_progress(fut)
                 fut.result()
             elif progress:
                 from dask.diagnostics import ProgressBar

@@ -324,6 +324,22 @@ def test_cli_predict_writes_zarr_labels(models, small, tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(written), want)
 
 
+def test_progress_bars_local_and_on_a_cluster(models, small, cluster, tmp_path, capsys):
+    ckpt = write_checkpoint(tmp_path / "c.npz", models["valid"], "unet-valid",
+                            {"base_channels": 4, "depth": 2})
+    np.save(tmp_path / "img.npy", small)
+    outs = []
+    for name, scheduler in (("threads", None), ("cluster", cluster.scheduler.address)):
+        out = str(tmp_path / f"{name}.zarr")
+        shape = inference.predict_to_zarr(ckpt, str(tmp_path / "img.npy"), out,
+                                          scheduler=scheduler, tile=TILE, progress=True)
+        assert shape == SMALL
+        captured = capsys.readouterr()
+        assert "100% Completed" in captured.out + captured.err, name
+        outs.append(np.asarray(zarr.open_array(out)))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 # ------------------------------------------------------------------------------ failures
 
 
