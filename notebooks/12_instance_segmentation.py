@@ -30,8 +30,8 @@
 #
 # Run at full size with `MINISEGNET_FAST=0 pytest tests/test_notebooks.py -k 12_` (the study's
 # budget: 200 steps of `MaskNet(width=8, head_width=16)` on 128x128 crops, RoIAlign and RoIPool
-# heads, a few minutes on 2 cores). CI's fast mode trains a narrow head (`width=4, head_width=8`) for 120 steps on
-# 64x64 crops (about 10 s).
+# heads, a few minutes on 2 cores). CI's fast mode trains a narrow head (`width=4,
+# head_width=8`) for 120 steps on 64x64 crops (about 10 s).
 
 # %%
 import os
@@ -44,9 +44,17 @@ import numpy as np
 import minisegnet
 import minisegnet.functional as F
 from minisegnet import Tensor, data, metrics
-from minisegnet.instance import (MaskNet, boxes_from_instances, fit, jitter_boxes, mask_targets,
-                                 plot_pool_vs_align, predict_masks)
+from minisegnet.instance import (
+    MaskNet,
+    boxes_from_instances,
+    fit,
+    jitter_boxes,
+    mask_targets,
+    plot_pool_vs_align,
+    predict_masks,
+)
 from minisegnet.models.mask_head import paste_masks
+from minisegnet.plots import label_colors
 
 FAST = os.environ.get("MINISEGNET_FAST", "0") == "1"
 np.set_printoptions(precision=3, suppress=True, linewidth=120)
@@ -210,8 +218,6 @@ inside = (det.boxes[:, None, :2] >= boxes[None, :, :2]) & (det.boxes[:, None, 2:
 assert inside.all(2).any(1).all()
 
 # %%
-from minisegnet.plots import label_colors  # noqa: E402
-
 fig, axes = plt.subplots(2, 1, figsize=(12, 12.5))
 grey = np.repeat(image[0][..., None], 3, axis=2)
 for ax, (name, lab) in zip(axes, [("pasted masks of the trained head (GT boxes)", det.instances),
@@ -270,8 +276,8 @@ fig.tight_layout()
 
 # %% [markdown]
 # The box-filled mask already matches almost every nucleus at IoU 0.5 (its IoU with the nucleus
-# *is* the fraction printed above, since the nucleus lies inside the box) and collapses at the high thresholds: AP@0.5 alone cannot tell a
-# mask head from a box. AP@[.5:.95] can.
+# *is* the fraction printed above, since the nucleus lies inside the box) and collapses at the
+# high thresholds: AP@0.5 alone cannot tell a mask head from a box. AP@[.5:.95] can.
 #
 # ## 7. RoIPool's bins against RoIAlign's sample points, on one nucleus
 #
@@ -319,7 +325,8 @@ fig.tight_layout()
 # `benchmarks/RESULTS_instance.md`:
 
 # %%
-results_md = pathlib.Path(minisegnet.__file__).resolve().parent.parent / "benchmarks" / "RESULTS_instance.md"
+repo = pathlib.Path(minisegnet.__file__).resolve().parent.parent
+results_md = repo / "benchmarks" / "RESULTS_instance.md"
 study = {}
 if results_md.exists():  # the file ships with the repository, not with an installed package
     for line in results_md.read_text().splitlines():
