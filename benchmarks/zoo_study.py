@@ -74,7 +74,7 @@ def write_table(args: argparse.Namespace, rows: dict, budget: dict, command: str
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (model, wm), rs in rows.items():
-        def col(key: str) -> str:
+        def col(key: str, rs: list = rs) -> str:
             return summarize([r[key] for r in rs]) if key in rs[0] else "-"
 
         lines.append(
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, (model, data, seed, wm) in enumerate(runs):
             r = run_one(model, data, seed, budget, wm, workdir)
             rows.setdefault((model, wm), []).append(r)
-            extra = (f" inst@0.5 {r['instance_accuracy_50']:.3f}" if "instance_accuracy_50" in r else "")
+            extra = (f" inst@0.5 {r['instance_accuracy_50']:.3f}"
+                     if "instance_accuracy_50" in r else "")
             print(f"{model:14s} {data} seed {seed} weight_map={wm}: mIoU {r['miou']:.3f}{extra} "
                   f"{r['seconds']:.0f} s", flush=True)
             # the table so far, rewritten after every run (a long study can be read while it runs)

@@ -9,7 +9,17 @@
 from . import backend
 from .backend import current_impl, use_impl
 from .random import manual_seed
-from .tensor import Function, Tensor, as_tensor, cat, enable_grad, is_grad_enabled, no_grad, stack, tensor
+from .tensor import (
+    Function,
+    Tensor,
+    as_tensor,
+    cat,
+    enable_grad,
+    is_grad_enabled,
+    no_grad,
+    stack,
+    tensor,
+)
 
 __version__ = "0.1.0"
 

@@ -63,18 +63,21 @@ def _parser() -> _Parser:
     t.add_argument("--model-arg", action="append", type=_model_arg, default=[], metavar="KEY=VALUE",
                    help="a model constructor argument, e.g. base_channels=32 (repeatable)")
 
-    e = sub.add_parser("evaluate", help="recompute a checkpoint's metrics on a dataset's test split")
+    e = sub.add_parser("evaluate",
+                       help="recompute a checkpoint's metrics on a dataset's test split")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", default=None, help="dataset (default: the one it was trained on)")
     e.add_argument("--out", default=None, help="where metrics.json goes (default: beside CKPT)")
     e.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
 
-    r = sub.add_parser("predict", help="segment image files (.npy, .png, .tif, .zarr) with a checkpoint")
+    r = sub.add_parser("predict",
+                       help="segment image files (.npy, .png, .tif, .zarr) with a checkpoint")
     r.add_argument("--checkpoint", required=True)
     r.add_argument("images", nargs="+", metavar="IMAGE")
     r.add_argument("--out", default="predictions",
                    help="output directory, or OUT.zarr: the labels of one image as a zarr array")
-    r.add_argument("--tile", type=int, default=None, help="output tile size for overlap-tile U-Nets")
+    r.add_argument("--tile", type=int, default=None,
+                   help="output tile size for overlap-tile U-Nets")
     r.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     r.add_argument("--scheduler", default=None, metavar="threads|processes|ADDRESS",
                    help="predict out of core with Dask (U-Nets; needs 'minisegnet[dask]'): local "
@@ -98,7 +101,8 @@ def _check_names(model: str | None, data_name: str | None) -> None:
     if model is not None and model not in names:
         raise UsageError(f"--model: unknown model {model!r}; choose from {', '.join(names)}")
     if data_name is not None and data_name not in data.list_datasets():
-        raise UsageError(f"--data: unknown dataset {data_name!r}; choose from {', '.join(data.list_datasets())}")
+        raise UsageError(f"--data: unknown dataset {data_name!r}; "
+                         f"choose from {', '.join(data.list_datasets())}")
 
 
 def _check_out_dir(path: str, flag: str = "--out") -> None:
@@ -172,7 +176,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     name = args.data or meta["config"]["data"]
     _check_names(None, name)
     test_set = data.load(name, split="test")
-    if len(test_set.class_names) != meta["num_classes"] or test_set.images.shape[1] != meta["in_channels"]:
+    if (len(test_set.class_names) != meta["num_classes"]
+            or test_set.images.shape[1] != meta["in_channels"]):
         raise UsageError(
             f"--checkpoint: {args.checkpoint!r} is a {meta['num_classes']}-class, "
             f"{meta['in_channels']}-channel {meta['config']['model']} model; dataset {name!r} has "
@@ -193,7 +198,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def read_image(path: str) -> np.ndarray:
-    """A raw image file as float32 (C, H, W): ``.npy`` (2-D or channel-first), ``.png``, ``.tif``."""
+    """A raw image file as float32 (C, H, W): ``.npy`` (2-D or channel-first), ``.png``, ``.tif``.
+    """
     ext = os.path.splitext(path)[1].lower()
     if not os.path.isfile(path):
         raise UsageError(f"IMAGE: no such file {path!r}")
@@ -204,7 +210,8 @@ def read_image(path: str) -> np.ndarray:
             try:
                 import tifffile
             except ImportError:
-                raise UsageError("IMAGE: reading .tif needs tifffile: pip install 'minisegnet[data]'") from None
+                raise UsageError("IMAGE: reading .tif needs tifffile: "
+                                 "pip install 'minisegnet[data]'") from None
             a = tifffile.imread(path)
         elif ext in (".png", ".jpg", ".jpeg"):
             from PIL import Image
@@ -214,7 +221,8 @@ def read_image(path: str) -> np.ndarray:
             if a.ndim == 3:
                 a = a[..., :3].transpose(2, 0, 1)  # (H, W, C) -> (C, H, W), alpha dropped
         else:
-            raise UsageError(f"IMAGE: {path!r}: unsupported type {ext or '(none)'}; use .npy, .png or .tif")
+            raise UsageError(f"IMAGE: {path!r}: unsupported type {ext or '(none)'}; "
+                             "use .npy, .png or .tif")
     except UsageError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input file
@@ -312,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command](args)
+        commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+        return commands[args.command](args)
     except UsageError as e:
         print(f"minisegnet: error: {e}", file=sys.stderr)
         return 2

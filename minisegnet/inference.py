@@ -36,7 +36,7 @@ __all__ = ["predict_image", "instances_from_semantic", "predict_dask", "predict_
 
 def predict_image(model: Any, image: Any, device: str = "cpu", tile: Any = None,
                   max_pixels: int = 1024 * 1024) -> np.ndarray:
-    """Class probabilities (K, H, W) float32 of one image (C, H, W), under ``no_grad`` in eval mode."""
+    """Class probabilities (K, H, W) float32 of one image (C, H, W), no_grad, in eval mode."""
     import minisegnet as msn
     import minisegnet.functional as F
     from minisegnet.models.unet import UNet, predict_tiled
@@ -45,7 +45,8 @@ def predict_image(model: Any, image: Any, device: str = "cpu", tile: Any = None,
     if image.ndim != 3:
         raise ValueError(f"image: expected (C, H, W), got shape {image.shape}")
     H, W = image.shape[1:]
-    if isinstance(model, UNet) and (model.padding == "valid" or H * W > max_pixels or tile is not None):
+    big = H * W > max_pixels or tile is not None
+    if isinstance(model, UNet) and (model.padding == "valid" or big):
         logits = msn.Tensor(predict_tiled(model, image, tile=tile))
         return F.softmax(logits, dim=0).numpy().astype(np.float32)
     was_training = model.training
@@ -474,18 +475,9 @@ def _open_image(image: Any, model: Any, tile: Any) -> Any:
 def _checked_image(x: Any, model: Any) -> Any:
     """(C, H, W) dask array of a real dtype for ``model``: a bad shape or dtype is an error here,
     before any block runs."""
-    if x.dtype.kind not in "fiu":
-        raise TypeError(f"image: needs a real-valued array, got dtype {x.dtype}")
-    if x.ndim == 2 and model.in_channels == 1:
-        x = x[None]
-    if x.ndim != 3 or x.shape[0] != model.in_channels or min(x.shape) == 0:
-        raise ValueError(
-            f"image: expected (H, W) or ({model.in_channels}, H, W) for UNet(in_channels="
-            f"{model.in_channels}), got shape {tuple(x.shape)}"
-            if model.in_channels == 1 else
-            f"image: expected ({model.in_channels}, H, W) for UNet(in_channels="
-            f"{model.in_channels}), got shape {tuple(x.shape)}")
-    return x
+    from .models.unet import check_image
+
+    return check_image(x, model)
 
 
 def predict_dask(model_or_checkpoint: Any, image: Any, tile: int | tuple[int, int] | None = None,

@@ -30,7 +30,9 @@ def label_colors(labels: np.ndarray, seed: int = 0) -> np.ndarray:
 def _image2d(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img)
     if img.ndim == 3:  # (C, H, W): grey for one channel, RGB for three, the mean otherwise
-        img = img[0] if img.shape[0] == 1 else (img[:3].transpose(1, 2, 0) if img.shape[0] == 3 else img.mean(0))
+        if img.shape[0] == 1:
+            return img[0]
+        img = img[:3].transpose(1, 2, 0) if img.shape[0] == 3 else img.mean(0)
     return img
 
 

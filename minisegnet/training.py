@@ -109,7 +109,7 @@ def save_checkpoint(path: str, model: Any, meta: dict[str, Any], optimizer: Any 
 
 
 def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
-    """(model state dict, meta, optimizer state dict or {}) of a checkpoint ``save_checkpoint`` wrote.
+    """(model state dict, meta, optimizer state dict or {}) of a ``save_checkpoint`` file.
 
     Anything else (a truncated file, a plain weights file, a pickle) is a ``CheckpointError``
     naming the file.
@@ -158,14 +158,16 @@ def model_from_checkpoint(path: str, device: str = "cpu") -> tuple[Any, dict[str
     try:
         model.load_state_dict(sd)
     except (KeyError, ValueError) as e:
-        raise CheckpointError(f"checkpoint: {path!r} does not fit model {cfg['model']!r}: {e}") from None
+        raise CheckpointError(
+            f"checkpoint: {path!r} does not fit model {cfg['model']!r}: {e}") from None
     return model.to(device), meta
 
 
 # ----------------------------------------------------------------------------- prediction
 
 
-def predict_labels(model: Any, images: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def predict_labels(model: Any, images: np.ndarray,
+                   device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(labels (N, H, W) int64, foreground-or-class probabilities (N, K, H, W)) for a batch.
 
     Each image goes through :func:`minisegnet.inference.predict_image` (whole, or overlap-tiled
@@ -177,7 +179,8 @@ def predict_labels(model: Any, images: np.ndarray, device: str = "cpu") -> tuple
     return probs.argmax(1).astype(np.int64), probs
 
 
-def evaluate(model: Any, dataset: Any, device: str = "cpu") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def evaluate(model: Any, dataset: Any,
+             device: str = "cpu") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics of ``model`` on ``dataset`` and the predictions they were computed from.
 
     Semantic: pixel accuracy, per-class IoU and mIoU over the whole split (one confusion matrix).
@@ -390,7 +393,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Any = print) -> dict[str,
 
 
 def _scalars(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in result.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _summary_line(row: dict[str, Any]) -> str:

@@ -67,7 +67,8 @@ def test_metrics_json_recomputed_from_saved_predictions(shapes_run):
         inter = ((pred == c) & (true == c) & keep).sum()
         union = (((pred == c) | (true == c)) & keep).sum()
         iou = inter / union if union else None
-        assert m["per_class_iou"][name] == (pytest.approx(iou, abs=1e-12) if iou is not None else None)
+        expected = pytest.approx(iou, abs=1e-12) if iou is not None else None
+        assert m["per_class_iou"][name] == expected
         if iou is not None:
             ious.append(iou)
     assert m["miou"] == pytest.approx(np.mean(ious), abs=1e-12)
@@ -93,7 +94,8 @@ def test_predict_writes_labels_instances_and_overlay(shapes_run, tmp_path):
     test = data.load("shapes", split="test")
     raw = test.images[0]  # (C, H, W) in [0, 1]
     np.save(tmp_path / "a.npy", raw[:, :45, :51])  # odd size, not a multiple of 2^depth
-    Image.fromarray((raw.transpose(1, 2, 0) * 255).astype(np.uint8).squeeze()).save(tmp_path / "b.png")
+    rgb = (raw.transpose(1, 2, 0) * 255).astype(np.uint8).squeeze()
+    Image.fromarray(rgb).save(tmp_path / "b.png")
     out = tmp_path / "pred"
     assert run_cli("predict", "--checkpoint", shapes_run / "best.npz", tmp_path / "a.npy",
                    tmp_path / "b.png", "--out", out) == 0

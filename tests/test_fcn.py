@@ -236,7 +236,8 @@ def test_batch_norm_variant_keeps_the_geometry_and_trains(variant):
 
     plain, bn = FCN(2, variant, width=1), FCN(2, variant, width=1, batch_norm=True)
     assert bn.crops == plain.crops
-    stage_convs = [m for name, m in bn.named_modules() if name.startswith("conv") and isinstance(m, nn.Conv2d)]
+    stage_convs = [m for name, m in bn.named_modules()
+                   if name.startswith("conv") and isinstance(m, nn.Conv2d)]
     norms = [m for m in bn.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(stage_convs) == len(norms) == 13
     assert all(c.bias is None for c in stage_convs)

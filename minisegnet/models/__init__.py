@@ -1,4 +1,4 @@
-"""minisegnet.models: the segmentation networks the field teaches, built from ``nn`` / ``functional``.
+"""minisegnet.models: the segmentation networks the field teaches, from ``nn`` / ``functional``.
 
 One file per family, blocks named as the papers name them:
 

@@ -313,6 +313,22 @@ def _tile_pair(tile: Any) -> Size:
     return int(tile[0]), int(tile[1])
 
 
+def check_image(img: Any, model: UNet) -> Any:
+    """``img`` (NumPy or dask) as (C, H, W) for ``model``: (H, W) is taken for one channel; a
+    non-real dtype is a TypeError, any other shape a ValueError naming ``image``."""
+    if img.dtype.kind not in "fiu":
+        raise TypeError(f"image: needs a real-valued array, got dtype {img.dtype}")
+    if img.ndim == 2 and model.in_channels == 1:
+        img = img[None]
+    if img.ndim != 3 or img.shape[0] != model.in_channels or min(img.shape) == 0:
+        accepted = "(H, W) or " if model.in_channels == 1 else ""
+        raise ValueError(
+            f"image: expected {accepted}({model.in_channels}, H, W) for UNet(in_channels="
+            f"{model.in_channels}), got shape {tuple(img.shape)}"
+        )
+    return img
+
+
 def predict_tiled(model: UNet, image: Any, tile: int | Size | None = None) -> np.ndarray:
     """Overlap-tile inference (the paper's Fig. 2): logits (K, H, W) of a (C, H, W) image, any size.
 
@@ -340,15 +356,7 @@ def predict_tiled(model: UNet, image: Any, tile: int | Size | None = None) -> np
         raise TypeError(f"model: predict_tiled needs a UNet, got {type(model).__name__}")
     img = image.data if isinstance(image, Tensor) else image
     img = to_numpy(img) if get_array_module(img) is not np else np.asarray(img)
-    if img.dtype.kind not in "fiu":
-        raise TypeError(f"image: needs a real-valued array, got dtype {img.dtype}")
-    if img.ndim == 2 and model.in_channels == 1:
-        img = img[None]
-    if img.ndim != 3 or img.shape[0] != model.in_channels or min(img.shape) == 0:
-        raise ValueError(
-            f"image: expected ({model.in_channels}, H, W) for UNet(in_channels="
-            f"{model.in_channels}), got shape {img.shape}"
-        )
+    img = check_image(img, model)
     dtype = next(iter(model.parameters())).dtype
     img = img.astype(dtype, copy=False)
     _, H, W = img.shape
