@@ -298,6 +298,8 @@ if not FAST:  # the study's ablation: the same head and budget with RoIPool in t
     print(f"RoIPool head: AP {results['trained head (RoIPool)']['ap']:.3f} against RoIAlign's "
           f"{trained['ap']:.3f}")
     heads["RoIPool"] = net_pool
+    # the study: RoIAlign ahead at AP@[.5:.95] on each of its 3 seeds, by 0.058 to 0.083
+    assert results["trained head (RoIPool)"]["ap"] < trained["ap"]
 fig_path = os.path.join(tempfile.mkdtemp(), "pool_vs_align.png")
 ious = plot_pool_vs_align(fig_path, image, inst, stride=4, output_size=7, models=heads)
 for name, v in ious.items():
