@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 from typing import Any
 
@@ -153,6 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(cfg, resume=args.resume)
     except Interrupted as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved: a late second Ctrl-C changes nothing
         argv = ["minisegnet", "train"] + [a for a in sys.argv[2:] if a != "--resume"]
         if "--out" not in argv:
             argv += ["--out", out]

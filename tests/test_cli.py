@@ -186,7 +186,9 @@ def test_ctrl_c_saves_and_resume_ends_with_the_same_weights(tmp_path):
 
 def test_second_ctrl_c_stops_at_once(tmp_path):
     run = tmp_path / "run"
-    p = subprocess.Popen(_cmd("train", *TINY, "--epochs", "50", "--steps", "50", "--out", run),
+    # patches of 96: steps of a few hundred ms, so the second signal lands inside one
+    p = subprocess.Popen(_cmd("train", *TINY, "--patch", "96", "--epochs", "50", "--steps", "50",
+                              "--out", run),
                          env={**os.environ, "CI": "1"}, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / "config.json").exists():
