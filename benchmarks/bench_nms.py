@@ -20,7 +20,6 @@ import numpy as np
 
 from benchmarks.common import Case, FunctionalCase
 
-
 OP = "nms"
 
 

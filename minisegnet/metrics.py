@@ -55,7 +55,8 @@ def confusion_matrix(pred: Any, target: Any, num_classes: int) -> np.ndarray:
                 f"{name}: labels must lie in [0, {num_classes}) (negative target = ignored), "
                 f"got range [{a.min()}, {a.max()}]"
             )
-    return np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
+    counts = np.bincount(t * num_classes + p, minlength=num_classes**2)
+    return counts.reshape(num_classes, num_classes)
 
 
 def _iou_from_cm(cm: np.ndarray) -> np.ndarray:
@@ -87,7 +88,8 @@ def mean_iou(pred: Any, target: Any, num_classes: int) -> float:
 
 
 def _masks(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
-    a, b = to_numpy(getattr(a, "data", a)).astype(bool), to_numpy(getattr(b, "data", b)).astype(bool)
+    a = to_numpy(getattr(a, "data", a)).astype(bool)
+    b = to_numpy(getattr(b, "data", b)).astype(bool)
     if a.shape != b.shape:
         raise ValueError(f"a: mask shape {a.shape} does not match b's {b.shape}")
     return a, b

@@ -60,7 +60,8 @@ def gradcheck(
     outs = out if isinstance(out, (tuple, list)) else (out,)
     xp = get_array_module(*(o.data for o in outs))
     cotangents = [
-        xp.asarray(rng.standard_normal(o.shape)) if o.dtype.kind == "f" and o.requires_grad else None
+        xp.asarray(rng.standard_normal(o.shape))
+        if o.dtype.kind == "f" and o.requires_grad else None
         for o in outs
     ]
     if all(v is None for v in cotangents):
@@ -92,6 +93,7 @@ def gradcheck(
         idx = np.unravel_index(j, tensors[int(name.split()[1])].shape)
         raise GradcheckError(
             f"gradcheck failed: {name} at index {tuple(int(k) for k in idx)}: analytic {a:.8g}, "
-            f"numeric {n:.8g}, |difference| {abs(a - n):.3g} > atol {atol} + rtol {rtol} * |numeric|"
+            f"numeric {n:.8g}, |difference| {abs(a - n):.3g} > "
+            f"atol {atol} + rtol {rtol} * |numeric|"
         )
     return True

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sklearn.metrics import confusion_matrix as sk_confusion, jaccard_score
+from sklearn.metrics import confusion_matrix as sk_confusion
+from sklearn.metrics import jaccard_score
 
 from minisegnet import Tensor, metrics
 

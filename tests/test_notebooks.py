@@ -39,7 +39,8 @@ def test_notebook_form(path):
     nb = jupytext.read(path)
     md = [c.source for c in nb.cells if c.cell_type == "markdown"]
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    assert md and md[0].startswith(f"# {path.name[:2]} — "), f"{path.name}: title '# NN — topic' first"
+    assert md and md[0].startswith(f"# {path.name[:2]} — "), \
+        f"{path.name}: title '# NN — topic' first"
     assert "assert " in code, f"{path.name}: no assert checks what the notebook teaches"
     last = nb.cells[-1]
     assert last.cell_type == "markdown" and last.source.startswith("## Exercises"), \
@@ -56,4 +57,5 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     )
     client.execute()
     # every code cell ran (an error would have raised CellExecutionError above)
-    assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code" and c.source.strip())
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert all(c.get("execution_count") for c in code)

@@ -160,7 +160,7 @@ def test_cuda_training_matches_cpu(opt_name):
         opt = make_opt(opt_name, model.parameters())
         xt = Tensor(x).to(device)
         cw = np.array([1.0, 2.0])
-        train(model, opt, lambda m=model, xt=xt: F.cross_entropy(m(xt), y, weight=cw), 5)
+        train(model, opt, lambda m=model, xt=xt, cw=cw: F.cross_entropy(m(xt), y, weight=cw), 5)
         assert model.device == device
         runs.append(model.state_dict())
     for k in runs[0]:
