@@ -358,7 +358,7 @@ for v in ("32s", "16s", "8s"):
 # %% [markdown]
 # In fast mode (a dozen steps of width-2 nets on 32x32 images) all three are still at the prior,
 # and the mIoU above are not an ordering. Our full-size run (300 steps of width-8 nets on 64x64)
-# had FCN-32s still there too (mIoU 0.218, background only): a deep stack without batch norm is
+# had all three still there too (mIoU 0.218, no foreground pixel): a deep stack without batch norm is
 # slow to leave the prior from scratch, and a longer budget is needed. How much the skips help, over seeds, is
 # what `benchmarks/zoo_study.py --models fcn32s fcn16s fcn8s --seeds 0 1 2` measures (it writes
 # `benchmarks/RESULTS_zoo.md`). The paper's numbers (mean IU 59.4, 62.4, 62.7 for 32s, 16s, 8s on
