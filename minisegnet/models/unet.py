@@ -24,7 +24,7 @@ from ..backend import get_array_module, to_device, to_numpy
 from ..random import default_rng
 from ..tensor import Tensor, as_tensor, cat, no_grad
 
-__all__ = ["UNet", "predict_tiled", "weight_map", "separate_touching", "weight_cutoff"]
+__all__ = ["UNet", "predict_tiled", "tile_plan", "weight_map", "separate_touching", "weight_cutoff"]
 
 Size = tuple[int, int]
 
@@ -329,6 +329,46 @@ def check_image(img: Any, model: UNet) -> Any:
     return img
 
 
+def tile_plan(model: UNet, H: int, W: int, tile: int | Size | None = None) -> Size:
+    """The output tile (h, w) that :func:`predict_tiled` runs on an (H, W) image.
+
+    ``tile`` (an int or (h, w)) is rounded down to what the network can tile with: for a
+    valid-padded net a valid output size whose step is on the 2^depth grid (390 -> 388 for the
+    paper's net), for a same-padded one a multiple of 2^depth; never larger than the image needs
+    (one tile covering the image). None: the largest tile whose forward pass stays near 1 GiB
+    (96 * base_channels bytes per input pixel); a same-padded image within that budget is one
+    tile. A tile too small to step on the grid is a ValueError naming ``tile``. Tiles start at
+    0, s, 2s, ... with s = the tile rounded down to 2^depth (the last one may overhang)::
+
+        valid, tile 388 on a 1000 x 1000 image: origins 0, 384, 768; each reads 388 + 2 * halo
+    """
+    step, per_pixel = 2**model.depth, 96 * model.base_channels
+    if model.padding == "valid":
+        halo = model.halo
+        o_min = model._out_1d(model._min_valid)
+        smallest = o_min + -(-(step - o_min) // step) * step if o_min < step else o_min
+        if tile is None:
+            side = int(math.sqrt(_TILE_BUDGET_BYTES / per_pixel)) - 2 * halo
+            tile = max(side, smallest)
+        sizes = []
+        for name, t, n in (("height", _tile_pair(tile)[0], H), ("width", _tile_pair(tile)[1], W)):
+            if t < smallest:
+                raise ValueError(f"tile: the {name} {t} is below the smallest output tile of this "
+                                 f"U-Net that can step on the 2^{model.depth} grid, {smallest}")
+            cover = model.input_size_for(n, n)[0] - 2 * halo  # one tile of this covers the image
+            t = min(t, max(cover, smallest))
+            sizes.append(o_min + (t - o_min) // step * step)  # round down to a valid output size
+        return sizes[0], sizes[1]
+    P, Q = H + -H % step, W + -W % step  # the image mirrored to the grid, as the forward pads
+    if tile is None:
+        side = int(math.sqrt(_TILE_BUDGET_BYTES / per_pixel))
+        tile = (P, Q) if P * Q <= side * side else max(side - 2 * model._context(), step)
+    th, tw = _tile_pair(tile)
+    if min(th, tw) < step:
+        raise ValueError(f"tile: {(th, tw)} is below the 2^depth = {step} grid of this U-Net")
+    return min(th - th % step, P), min(tw - tw % step, Q)
+
+
 def predict_tiled(model: UNet, image: Any, tile: int | Size | None = None) -> np.ndarray:
     """Overlap-tile inference (the paper's Fig. 2): logits (K, H, W) of a (C, H, W) image, any size.
 
@@ -361,24 +401,9 @@ def predict_tiled(model: UNet, image: Any, tile: int | Size | None = None) -> np
     img = img.astype(dtype, copy=False)
     _, H, W = img.shape
     step, K = 2**model.depth, model.num_classes
-    per_pixel = 96 * model.base_channels
-
+    th, tw = tile_plan(model, H, W, tile)
     if model.padding == "valid":
         halo = model.halo
-        o_min = model._out_1d(model._min_valid)
-        smallest = o_min + -(-(step - o_min) // step) * step if o_min < step else o_min
-        if tile is None:
-            side = int(math.sqrt(_TILE_BUDGET_BYTES / per_pixel)) - 2 * halo
-            tile = max(side, smallest)
-        sizes = []
-        for name, t, n in (("height", _tile_pair(tile)[0], H), ("width", _tile_pair(tile)[1], W)):
-            if t < smallest:
-                raise ValueError(f"tile: the {name} {t} is below the smallest output tile of this "
-                                 f"U-Net that can step on the 2^{model.depth} grid, {smallest}")
-            cover = model.input_size_for(n, n)[0] - 2 * halo  # one tile of this covers the image
-            t = min(t, max(cover, smallest))
-            sizes.append(o_min + (t - o_min) // step * step)  # round down to a valid output size
-        (th, tw) = sizes
         sh, sw = th - th % step, tw - tw % step
         # Origins 0, s, 2s, ... on the grid, as many as it takes for the last tile to reach H.
         ys = [i * sh for i in range(1 + -(-max(H - th, 0) // sh))]
@@ -393,13 +418,6 @@ def predict_tiled(model: UNet, image: Any, tile: int | Size | None = None) -> np
         src = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="reflect")  # as the forward pads
         P, Q = H + ph, W + pw
         m = model._context()
-        if tile is None:
-            side = int(math.sqrt(_TILE_BUDGET_BYTES / per_pixel))
-            tile = (P, Q) if P * Q <= side * side else max(side - 2 * m, step)
-        th, tw = _tile_pair(tile)
-        if min(th, tw) < step:
-            raise ValueError(f"tile: {(th, tw)} is below the 2^depth = {step} grid of this U-Net")
-        th, tw = min(th - th % step, P), min(tw - tw % step, Q)
         windows = []
         for y in range(0, P, th):
             for x in range(0, Q, tw):
