@@ -305,7 +305,10 @@ def _run_blocks(workers: int, job: Any, blocks: list) -> list:
     of all blocks in this thread. The chunking depends only on the block list and the worker count,
     so sums over chunk results are deterministic."""
     if workers <= 1:
-        return [job(blocks)]
+        if workers == 0:  # an implementation without the per-core kernels: BLAS as it is
+            return [job(blocks)]
+        with _cpu_pool.single_threaded_blas():  # see there: no OpenBLAS threads left spinning
+            return [job(blocks)]
     chunks = [blocks[a:b] for a, b in _cpu_pool.split(len(blocks), workers)]
     return _cpu_pool.map_blocks(job, chunks)
 
@@ -406,6 +409,8 @@ def conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddin
     gy4 = xp.ascontiguousarray(gy).reshape(N, G, Og, oh * ow)  # (N, G, O/G, OH*OW)
     wT = w.reshape(G, Og, K).transpose(0, 2, 1)  # (G, Cg*KH*KW, O/G)
     workers = _workers(impl, xp, 2.0 * N * O * K * oh * ow)
+    # GEMMs run in this thread below hold BLAS to one thread too (see _cpu_pool)
+    hold = _cpu_pool.single_threaded_blas() if workers else contextlib.nullcontext()
     blocks = _blocks(impl, N, C * kh * kw * ow * gy.itemsize, oh, max(workers, 1))
     phases = None
     if workers > 1:
@@ -414,7 +419,8 @@ def conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddin
             workers = 0
     col2im = kernel("col2im_serial" if workers else "col2im", gy)
     if len(blocks) == 1:  # all columns at once
-        gcols = xp.matmul(wT, gy4).reshape(N, C * kh * kw, oh * ow)  # (N, C*KH*KW, OH*OW)
+        with hold:
+            gcols = xp.matmul(wT, gy4).reshape(N, C * kh * kw, oh * ow)  # (N, C*KH*KW, OH*OW)
         return col2im(gcols, tuple(x_shape), (kh, kw), stride, padding, dilation, (oh, ow))
     gx = xp.zeros(tuple(x_shape), dtype=gy.dtype)
 
@@ -429,7 +435,8 @@ def conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddin
                    (kh, kw), stride, padding, dilation, (oh, ow), (r0, r1), gx[n0:n1])
 
     if phases is None:
-        run(blocks)
+        with hold:
+            run(blocks)
     for chunks in phases or []:
         _cpu_pool.map_blocks(run, chunks)
     return gx

@@ -114,6 +114,41 @@ def test_one_worker_runs_inline():
     assert names == [threading.current_thread().name] * 3
 
 
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d"])
+def test_a_pass_run_in_the_calling_thread_holds_blas_to_one_thread(two_workers, monkeypatch, op):
+    # A small conv (below PER_CORE_MIN_FLOPS: no pool) still runs its GEMMs with BLAS on one
+    # thread: a multi-threaded OpenBLAS call leaves its threads spinning on the pool's cores.
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    import minisegnet as msn
+    import minisegnet.functional as F
+
+    seen = []
+    real = np.matmul
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return real(*args, **kwargs)
+
+    x = np.ones((1, 4, 6, 6), np.float32)
+    w = np.ones((4, 4, 2, 2), np.float32)
+    with msn.use_impl("numba"):  # first calls: kernels compiled, every BLAS library loaded
+        F.conv2d(x, w, padding=1), F.conv_transpose2d(x, w, stride=2)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        monkeypatch.setattr(np, "matmul", spy)
+        with msn.use_impl("numba"):
+            if op == "conv2d":
+                F.conv2d(x, w, padding=1)
+            else:
+                F.conv_transpose2d(x, w, stride=2)
+        monkeypatch.setattr(np, "matmul", real)
+        assert blas_threads() == before
+    assert before and max(before) == 2, "the test needs BLAS on 2 threads to mean anything"
+    assert seen and all(counts == [1] * len(counts) for counts in seen), seen
+
+
 @pytest.mark.parametrize("total, parts", [(10, 3), (3, 5), (1, 1), (7, 7), (100, 8)])
 def test_split_covers_the_range_in_near_equal_pieces(total, parts):
     pieces = _cpu_pool.split(total, parts)
