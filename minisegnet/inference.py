@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
@@ -140,25 +141,35 @@ def _grow_interiors(mask: np.ndarray, p: np.ndarray, interior: float, comp: np.n
 # The plan, per axis (rows shown; columns are the same): predict_tiled's output tiles of T
 # pixels start on the 2^depth grid at 0, s, 2s, ... (s = T rounded down to the grid; a
 # valid-padded net's tiles overlap by T - s, a later tile overwriting). A Dask block is a run of
-# k consecutive tiles (k tiles at least as long as the overlap depth, so Dask never rechunks);
-# its core is the output rows it owns, from its first tile's origin to the next block's:
+# consecutive tiles; its core is the output rows it owns, from its first tile's origin to the
+# next block's, and it reads the union of its tiles' windows:
 #
 #   image rows     -d ...  0 ............ y0 ..... y1 ............. H ... H+pb
 #   source         [mirror]|   image (float32, model's dtype)       |[mirror]
-#   block b reads          [y0-d ........ y0 ..... y1 ........ y1+d)   (map_overlap, depth d)
+#   block b reads          [y0-d ........ y0 ..... y1 ........ y1+d)
 #   its tiles read              [y-halo, y+T+halo)  for each tile origin y in [y0, y1)
 #
-# Valid-padded: d = halo + (T - s), the source is mirrored by d on top and at least d below
-# (np.pad's "reflect", repeated for an image shorter than that), so every tile reads exactly the
-# window predict_tiled gives it. Same-padded: d = the zero-padding reach m (UNet._context), the
-# image is mirrored below to the 2^depth grid as the forward pass does, and the outer border is
-# not extended (boundary "none"): tile windows are clipped to the image, as in predict_tiled.
+# Valid-padded: d = halo + (T - s), the image mirrored by np.pad's "reflect" (repeated for an
+# image shorter than that), so every tile reads exactly the window predict_tiled gives it.
+# Same-padded: d = the zero-padding reach m (UNet._context), the image mirrored below to the
+# 2^depth grid as the forward pass does, tile windows clipped to that, as in predict_tiled.
+#
+# Two graphs feed one block function. A file (.npy, zarr; with the command line's normalisation
+# applied per window) has no input graph: each block is one task that reads its own window from
+# the file, mirrored by index into a fresh array, and runs its one tile. Tasks share no data, so
+# a worker holds the model and the windows of the blocks it is running, whatever the image's
+# size. An image in memory (a dask or NumPy array) goes through map_overlap: blocks of enough
+# tiles to be at least d long, the overlap taken from the neighbours (boundary "none" after the
+# mirroring above); its overlap strips are views that keep their neighbours' blocks alive, so
+# there a worker holds up to about a row of blocks (memory grows with the image's width).
 
 _DASK_HINT = "pip install 'minisegnet[dask]'"
 
-# Per process: how often a ModelSpec was unpickled and how often a model was built from one
-# (tests read them from every worker to check that the model travels once per worker).
-STATS = {"unpickled": 0, "built": 0}
+# Per process: how often a model's weights were deserialised from bytes ("unpickled": a
+# ModelSpec, or a handle moved by dask.distributed), read from a weights file ("loaded": a
+# handle from Dask's process pool) and built into a network ("built"). Tests read them from
+# every worker to check that the model travels once per worker, not once per block.
+STATS = {"unpickled": 0, "loaded": 0, "built": 0}
 _MODELS: OrderedDict[str, Any] = OrderedDict()  # token -> built model, a few per process
 _MODELS_LOCK = threading.Lock()
 _MODELS_KEEP = 4
@@ -172,14 +183,27 @@ def _import_dask() -> Any:
     return da
 
 
+def _count(name: str) -> None:
+    with _MODELS_LOCK:
+        STATS[name] += 1
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 class ModelSpec:
-    """What a Dask worker needs to rebuild a U-Net: its constructor arguments, its weights (NumPy)
-    and ``token``, a hash of both. ``predict_dask`` puts one in the graph as a single key that
-    every block depends on, so a scheduler ships it to each worker once (the threaded scheduler
-    never copies it; ``dask.distributed`` sends it to a worker the first time one of its blocks
-    needs it). ``model()`` builds the network once per process (cached by token) and, in the
-    process that made the spec, returns a private copy of the original (no rebuild, no draw
-    from the random generator). Pickles to the arguments and weights only.
+    """A U-Net as a Dask graph carries it: its constructor arguments, its weights (NumPy) and
+    ``token``, a hash of both. It pickles *with* its weights, so a graph holds it once, as the
+    key ``minisegnet-weights-TOKEN``; one task turns it into the small :class:`ModelHandle`
+    (key ``minisegnet-model-TOKEN``) that every block depends on. In the process that made it,
+    ``model()`` is a private copy of the original (no rebuild, no draw from the random
+    generator). The first time it is pickled (a process pool or a cluster is about to run the
+    graph) it also writes its weights to a temporary ``.npz`` (``path``; removed when the spec
+    is garbage-collected or the process exits), from which handles load on the same machine.
     """
 
     def __init__(self, model: Any) -> None:
@@ -196,19 +220,73 @@ class ModelSpec:
         self.state = dict(model.state_dict())  # NumPy copies: later training does not leak in
         self.device = model.device
         self.token = tokenize("minisegnet.UNet", self.kwargs, self.state)
+        self.path: str | None = None
         local = copy.deepcopy(model)
         local.load_state_dict(self.state)
         self._model: Any = local.eval()
+        self._lock = threading.Lock()
+
+    def weights_file(self) -> str:
+        """The weights as an ``.npz`` on this machine, written once."""
+        with self._lock:
+            if self.path is None or not os.path.isfile(self.path):
+                import tempfile
+
+                fd, path = tempfile.mkstemp(prefix=f"minisegnet-weights-{self.token[:16]}-",
+                                            suffix=".npz")
+                with os.fdopen(fd, "wb") as f:
+                    np.savez(f, **self.state)
+                self.path = path
+                weakref.finalize(self, _remove_quietly, path)
+            return self.path
 
     def __getstate__(self) -> dict[str, Any]:
+        path = self.path if self._model is None else self.weights_file()
         return {"kwargs": self.kwargs, "state": self.state, "device": self.device,
-                "token": self.token}
+                "token": self.token, "path": path}
 
     def __setstate__(self, d: dict[str, Any]) -> None:
         self.__dict__.update(d)
         self._model = None
-        with _MODELS_LOCK:
-            STATS["unpickled"] += 1
+        self._lock = threading.Lock()
+        _count("unpickled")
+
+    def handle(self) -> ModelHandle:
+        return ModelHandle(self.token, self.kwargs, self.device, self.path, self.state,
+                           self._model)
+
+    def model(self) -> Any:
+        """The network in eval mode; built at most once per process for this token."""
+        if self._model is None:
+            self._model = self.handle().model()
+        return self._model
+
+
+class ModelHandle:
+    """What a Dask block needs of the model: the token, the constructor arguments, where the
+    weights are, and the network once built (at most once per process, cached by token).
+
+    Pickles small, to the token, the arguments and the path of the weights file (Dask's local
+    process pool pickles each task's inputs with the task: a few hundred bytes per block, and
+    each process reads the file once). ``dask.distributed`` moves it between workers with its
+    weights (a registered Dask serializer), so workers on other machines need no shared file;
+    it does that once per worker, since a worker keeps the key in memory.
+    """
+
+    def __init__(self, token: str, kwargs: dict[str, Any], device: str, path: str | None,
+                 state: dict[str, np.ndarray] | None = None, model: Any = None) -> None:
+        self.token, self.kwargs, self.device, self.path = token, kwargs, device, path
+        self.state, self._model = state, model
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.path is None:  # nowhere to load from: the weights travel
+            return (_handle_from_bytes, (self.token, self.kwargs, self.device, self._state()))
+        return (ModelHandle, (self.token, self.kwargs, self.device, self.path))
+
+    def _state(self) -> dict[str, np.ndarray]:
+        if self.state is not None:
+            return self.state
+        return {k: np.asarray(v) for k, v in self.model().state_dict().items()}
 
     def model(self) -> Any:
         """The network in eval mode; built at most once per process for this token."""
@@ -219,8 +297,18 @@ class ModelSpec:
             if model is None:
                 from .models.unet import UNet
 
+                state = self.state
+                if state is None:
+                    if self.path is None or not os.path.isfile(self.path):
+                        raise FileNotFoundError(
+                            f"model_or_checkpoint: the weights file {self.path!r} is not "
+                            f"readable in process {os.getpid()} (a worker on another machine "
+                            f"gets the weights from dask.distributed, not from this file)")
+                    with np.load(self.path, allow_pickle=False) as f:
+                        state = {k: f[k] for k in f.files}
+                    STATS["loaded"] += 1
                 model = UNet(**self.kwargs)
-                model.load_state_dict(self.state)
+                model.load_state_dict(state)
                 model = model.to(self.device).eval()
                 STATS["built"] += 1
                 _MODELS[self.token] = model
@@ -231,12 +319,58 @@ class ModelSpec:
         return model
 
 
+def _handle_from_bytes(token: str, kwargs: dict[str, Any], device: str,
+                       state: dict[str, np.ndarray]) -> ModelHandle:
+    _count("unpickled")
+    return ModelHandle(token, kwargs, device, None, state)
+
+
+def _handle_of(spec: ModelSpec) -> ModelHandle:
+    """The graph's model task: the spec's handle, its network built here (the blocks that run
+    in this process need it; elsewhere handles load it once per process)."""
+    handle = spec.handle()
+    handle.model()
+    return handle
+
+
+def _register_distributed() -> None:
+    """Teach dask.distributed to move a ModelHandle with its weights (not the path of a file
+    that a worker on another machine cannot read). Runs on import when distributed is loaded
+    (a worker imports this module to unpickle the graph's spec) and from predict_dask."""
+    try:
+        from distributed.protocol import dask_deserialize, dask_serialize
+    except ImportError:
+        return
+    if ModelHandle in dask_serialize._lookup:
+        return
+
+    @dask_serialize.register(ModelHandle)
+    def _serialize(h: ModelHandle) -> tuple[dict[str, Any], list[bytes]]:
+        import pickle
+
+        return {}, [pickle.dumps((h.token, h.kwargs, h.device, h.path, h._state()), protocol=5)]
+
+    @dask_deserialize.register(ModelHandle)
+    def _deserialize(header: dict[str, Any], frames: list[Any]) -> ModelHandle:
+        import pickle
+
+        token, kwargs, device, path, state = pickle.loads(b"".join(bytes(f) for f in frames))
+        _count("unpickled")
+        return ModelHandle(token, kwargs, device, path, state)
+
+
+if "distributed" in sys.modules:
+    _register_distributed()
+
+
 @dataclass(frozen=True)
 class _Axis:
     """The tiling of one image axis of length ``n`` (see the plan above). Tile i reads the
     window ``windows[i]`` and owns output ``owns[i]``; its model output's first pixel is image
     pixel ``windows[i][0] + lost`` (``lost`` = halo, 0 when same-padded). Block b owns output
-    ``cores[b]``, runs tiles ``tiles[b]``; its overlapped source starts at image ``starts[b]``."""
+    ``cores[b]``, runs tiles ``tiles[b]``; its overlapped source starts at image ``starts[b]``
+    (map_overlap's layout: the image mirrored by ``pad_before``/``pad_after``, overlap
+    ``depth``); ``span(b)`` is the part of the image, mirrored, that its tiles read."""
 
     n: int
     tile: int
@@ -263,40 +397,17 @@ class _Axis:
     def output_chunks(self) -> tuple[int, ...]:
         return tuple(b - a for a, b in self.cores)
 
+    def span(self, b: int) -> tuple[int, int]:
+        t = self.tiles[b]
+        return self.windows[t[0]][0], max(self.windows[i][1] for i in t)
+
 
 def tile_sizes(model: Any, H: int, W: int, tile: Any = None) -> tuple[int, int]:
-    """The output tile (h, w) ``predict_tiled(model, image, tile)`` uses for an (H, W) image: the
-    same choice (1 GiB per forward pass when ``tile`` is None, rounded to the model's valid
-    sizes and the 2^depth grid, no larger than the image needs), so both runs tile alike.
+    """The output tile (h, w) ``predict_tiled(model, image, tile)`` uses for an (H, W) image
+    (:func:`minisegnet.models.unet.tile_plan`, which predict_tiled itself calls)."""
+    from .models.unet import tile_plan
 
-    (A copy of predict_tiled's rule, kept in step with it by tests/test_inference.py.)"""
-    from .models.unet import _TILE_BUDGET_BYTES, _tile_pair
-
-    step, per_pixel = 2**model.depth, 96 * model.base_channels
-    if model.padding == "valid":
-        halo = model.halo
-        o_min = model._out_1d(model._min_valid)
-        smallest = o_min + -(-(step - o_min) // step) * step if o_min < step else o_min
-        if tile is None:
-            tile = max(int(math.sqrt(_TILE_BUDGET_BYTES / per_pixel)) - 2 * halo, smallest)
-        sizes = []
-        for name, t, n in (("height", _tile_pair(tile)[0], H), ("width", _tile_pair(tile)[1], W)):
-            if t < smallest:
-                raise ValueError(f"tile: the {name} {t} is below the smallest output tile of this "
-                                 f"U-Net that can step on the 2^{model.depth} grid, {smallest}")
-            cover = model.input_size_for(n, n)[0] - 2 * halo
-            t = min(t, max(cover, smallest))
-            sizes.append(o_min + (t - o_min) // step * step)
-        return sizes[0], sizes[1]
-    P, Q = H + -H % step, W + -W % step
-    m = model._context()
-    if tile is None:
-        side = int(math.sqrt(_TILE_BUDGET_BYTES / per_pixel))
-        tile = (P, Q) if P * Q <= side * side else max(side - 2 * m, step)
-    th, tw = _tile_pair(tile)
-    if min(th, tw) < step:
-        raise ValueError(f"tile: {(th, tw)} is below the 2^depth = {step} grid of this U-Net")
-    return min(th - th % step, P), min(tw - tw % step, Q)
+    return tile_plan(model, H, W, tile)
 
 
 def _mirror_index(i: np.ndarray, n: int) -> np.ndarray:
@@ -308,7 +419,9 @@ def _mirror_index(i: np.ndarray, n: int) -> np.ndarray:
     return np.where(i < n, i, p - i)
 
 
-def _axis_plan(model: Any, n: int, t: int) -> _Axis:
+def _axis_plan(model: Any, n: int, t: int, one_tile_blocks: bool = False) -> _Axis:
+    """The plan of one axis; blocks of one tile each (``one_tile_blocks``, for blocks that read
+    their own windows) or, for map_overlap, of enough tiles to be at least the overlap long."""
     step = 2**model.depth
     if model.padding == "valid":
         halo, stride = model.halo, t - t % step
@@ -323,10 +436,10 @@ def _axis_plan(model: Any, n: int, t: int) -> _Axis:
         windows = [(max(y - m, 0), min(y + t + m, P)) for y in origins]
         owns = [(y, min(y + t, n)) for y in origins]
         depth, before, after, lost = m, 0, P - n, 0
-    k = max(1, -(-depth // stride))  # tiles per block: blocks at least as long as the depth
+    k = 1 if one_tile_blocks else max(1, -(-depth // stride))
     groups = [list(range(i, min(i + k, len(origins)))) for i in range(0, len(origins), k)]
     # A short last block (its source shorter than the depth) joins the one before it.
-    if len(groups) > 1 and n - origins[groups[-1][0]] + after < depth:
+    if not one_tile_blocks and len(groups) > 1 and n - origins[groups[-1][0]] + after < depth:
         groups[-2:] = [groups[-2] + groups[-1]]
     cores = [(origins[g[0]], origins[groups[i + 1][0]] if i + 1 < len(groups) else n)
              for i, g in enumerate(groups)]
@@ -363,10 +476,11 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _predict_block(block: np.ndarray, rows: _Axis, cols: _Axis, output: str,
-                   spec: ModelSpec | None = None, block_id: tuple[int, ...] = (0, 0, 0),
-                   ) -> np.ndarray:
+                   spec: ModelHandle | None = None, block_id: tuple[int, ...] = (0, 0, 0),
+                   origin: tuple[int, int] | None = None) -> np.ndarray:
     """One Dask block: the block's tiles, one forward pass each (as predict_tiled runs them), then
-    labels, probabilities or logits of the block's core."""
+    labels, probabilities or logits of the block's core. ``block`` is the mirrored image from
+    image pixel ``origin`` (map_overlap's layout, ``rows.starts``, when None)."""
     from .backend import to_device, to_numpy
     from .tensor import Tensor, no_grad
 
@@ -375,7 +489,7 @@ def _predict_block(block: np.ndarray, rows: _Axis, cols: _Axis, output: str,
     dtype = next(iter(model.parameters())).dtype
     block = block.astype(dtype, copy=False)  # (C, rows + overlap, cols + overlap)
     (r0, r1), (c0, c1) = rows.cores[i], cols.cores[j]
-    rs, cs = rows.starts[i], cols.starts[j]
+    rs, cs = origin if origin is not None else (rows.starts[i], cols.starts[j])
     out = np.empty((model.num_classes, r1 - r0, c1 - c0), dtype)  # (K, rows, cols)
     with no_grad():
         for ti in rows.tiles[i]:
@@ -394,22 +508,62 @@ def _predict_block(block: np.ndarray, rows: _Axis, cols: _Axis, output: str,
     return out
 
 
-class _NpyFile:
-    """A ``.npy`` file as an array-like for ``da.from_array``: pickles as its path (a worker opens
-    its own memory map), never as the data."""
+def _predict_file_block(source: _FileImage, spec: ModelHandle, rows: _Axis, cols: _Axis,
+                        output: str, i: int, j: int) -> np.ndarray:
+    """One block of a file: its window read (and mirrored) here, then :func:`_predict_block`."""
+    (a, b), (c, d) = rows.span(i), cols.span(j)
+    return _predict_block(source.window(a, b, c, d), rows, cols, output, spec, (0, i, j), (a, c))
 
-    def __init__(self, path: str) -> None:
-        self.path = os.path.abspath(path)
-        a = np.load(self.path, mmap_mode="r")
-        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+def _grey(x: np.ndarray) -> np.ndarray:
+    """(1, h, w) float64: the mean of the first three channels (a colour picture, grey model)."""
+    return x[:3].astype(np.float64).mean(axis=0, keepdims=True)
+
+
+class _FileImage:
+    """A ``.npy`` file or a zarr array as a reader that pickles as its path (a worker opens its
+    own memory map or store), never as the data, with elementwise ``steps`` applied to what it
+    reads (the command line's channel mean and normalisation). ``x[key]`` reads raw pixels (for
+    ``da.from_array``); ``window`` reads a mirrored (C, h, w) window, steps applied. Both copy:
+    a view of a memory map keeps the file mapped, and its touched pages resident, while it lives.
+    """
+
+    def __init__(self, path: str, kind: str, steps: tuple[Any, ...] = ()) -> None:
+        self.path, self.kind, self.steps = os.path.abspath(path), kind, steps
+        a = self._open()
+        self.shape, self.dtype, self.ndim = tuple(a.shape), np.dtype(a.dtype), a.ndim
+        self.mtime = os.path.getmtime(self.path)
+
+    def _open(self) -> Any:
+        if self.kind == "npy":
+            return np.load(self.path, mmap_mode="r")
+        import zarr
+
+        return zarr.open_array(self.path, mode="r")
+
+    def with_steps(self, *steps: Any) -> _FileImage:
+        other = copy.copy(self)
+        other.steps = self.steps + steps
+        return other
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        # A copy, never a view: a view keeps the whole file mapped (and its touched pages
-        # resident) for as long as any slice of the block lives.
-        return np.array(np.load(self.path, mmap_mode="r")[key], copy=True)
+        return np.array(self._open()[key], copy=True)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "shape": self.shape, "dtype": self.dtype, "ndim": self.ndim}
+    def window(self, a: int, b: int, c: int, d: int) -> np.ndarray:
+        """Image rows a:b and columns c:d, mirrored (np.pad's reflect) where they leave it."""
+        H, W = self.shape[-2:]
+        ri, ci = _mirror_index(np.arange(a, b), H), _mirror_index(np.arange(c, d), W)
+        r0, r1, c0, c1 = int(ri.min()), int(ri.max()) + 1, int(ci.min()), int(ci.max()) + 1
+        x = np.array(self._open()[..., r0:r1, c0:c1], copy=True)  # the box it reads from
+        if x.ndim == 2:
+            x = x[None]
+        if r1 - r0 != b - a or a < 0:  # mirrored rows: gather them (a copy)
+            x = x[:, ri - r0]
+        if c1 - c0 != d - c or c < 0:
+            x = x[:, :, ci - c0]
+        for step in self.steps:
+            x = step(x)
+        return x
 
 
 def _is_zarr_path(path: str) -> bool:
@@ -418,27 +572,26 @@ def _is_zarr_path(path: str) -> bool:
         os.path.join(p, "zarr.json"))
 
 
-def _open_image(image: Any, model: Any, tile: Any) -> Any:
+def _open_image(image: Any, model: Any, tile: Any) -> tuple[Any, _FileImage | None]:
     """A dask array for an image given as a dask array, an array or a file path, chunked on the
-    output-tile grid of ``model`` (files are read block by block, never whole)."""
+    output-tile grid of ``model`` (files are read block by block, never whole), and for a file
+    its reader (whose blocks then read their own windows)."""
     da = _import_dask()
-    zarr_path = None
+    reader = None
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if path.lower().endswith(".npy"):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"image: no such file {path!r}")
             try:
-                source: Any = _NpyFile(path)
+                reader = _FileImage(path, "npy")
             except ValueError as e:
                 raise ValueError(f"image: cannot memory-map {path!r}: {e}") from None
         elif _is_zarr_path(path):
             if not os.path.exists(path):
                 raise FileNotFoundError(f"image: no such zarr array {path!r}")
             try:
-                import zarr
-
-                source, zarr_path = zarr.open_array(path, mode="r"), path
+                reader = _FileImage(path, "zarr")
             except ImportError as e:
                 raise ImportError(f"reading zarr needs zarr: {_DASK_HINT} ({e})") from None
             except Exception as e:  # noqa: BLE001 - a group, a broken store: one message
@@ -446,6 +599,7 @@ def _open_image(image: Any, model: Any, tile: Any) -> Any:
                                  f"({type(e).__name__}: {e})") from None
         else:
             raise ValueError(f"image: a path must name a .npy file or a zarr array, got {path!r}")
+        source: Any = reader
     elif isinstance(image, da.Array):
         source = image
     else:
@@ -463,13 +617,11 @@ def _open_image(image: Any, model: Any, tile: Any) -> Any:
     else:
         chunks = shape  # rejected by _checked_image before anything is read
     if isinstance(source, da.Array):
-        return source.rechunk(chunks)
-    if zarr_path is not None:
-        return da.from_zarr(zarr_path, chunks=chunks)
-    if isinstance(source, _NpyFile):
-        return da.from_array(source, chunks=chunks, asarray=True, fancy=False, lock=False,
-                             name=f"npy-{source.path}-{os.path.getmtime(source.path)}")
-    return da.from_array(source, chunks=chunks)
+        return source.rechunk(chunks), None
+    if reader is not None:
+        return da.from_array(reader, chunks=chunks, asarray=True, fancy=False, lock=False,
+                             name=f"{reader.kind}-{reader.path}-{reader.mtime}"), reader
+    return da.from_array(source, chunks=chunks), None
 
 
 def _checked_image(x: Any, model: Any) -> Any:
@@ -489,23 +641,29 @@ def predict_dask(model_or_checkpoint: Any, image: Any, tile: int | tuple[int, in
     array, a ``.npy`` file (memory-mapped by each worker) or a zarr array path; it is the network's
     input (normalise it first, as for ``predict_tiled``). ``tile``: the output tile (int or (h, w))
     of one forward pass, chosen as ``predict_tiled`` chooses it when None (about 1 GiB of
-    activations per pass).
+    activations per pass; :func:`~minisegnet.models.unet.tile_plan`).
 
     Returns, lazily, ``output="labels"``: (H, W) class ids (uint8 up to 256 classes);
     ``"probabilities"``: (K, H, W) float32 softmax; ``"logits"``: (K, H, W) raw scores.
-    Blocks are runs of output tiles on the 2^depth grid, read with their context by
-    ``dask.array.map_overlap`` (mirrored at the border exactly as ``predict_tiled`` mirrors), and
-    each tile is the forward pass ``predict_tiled`` runs for it, so the result equals
-    ``predict_tiled``'s (softmax/argmax of its logits) up to float rounding (bitwise in our
-    tests). An image smaller than one tile is mirrored as ``predict_tiled`` mirrors it (one
-    block). A worker holds the model, one tile's forward pass per thread, the blocks in flight and
-    the overlap strips that the next row of blocks still needs: memory grows with the image's
-    width, not its area (benchmarks/RESULTS_inference.md: 312 MB at 2048^2, 430 MB at 8192^2).
+    Blocks are runs of output tiles on the 2^depth grid, each read with the context its tiles
+    need, mirrored at the border exactly as ``predict_tiled`` mirrors, and each tile is the
+    forward pass ``predict_tiled`` runs for it, so the result equals ``predict_tiled``'s
+    (softmax/argmax of its logits) up to float rounding (bitwise in our tests). An image smaller
+    than one tile is mirrored as ``predict_tiled`` mirrors it (one block).
 
-    The model is one key of the graph (a :class:`ModelSpec`), sent to each ``dask.distributed``
-    worker once and built once per process (Dask's local process pool pickles a task's inputs
-    with every task, so there the weights travel with each block; the build still happens once
-    per process). Compute with any scheduler, or stream to disk without gathering::
+    Memory: for a ``.npy`` or zarr path each block is one tile that reads its own window from
+    the file, so a worker holds the model and the tiles it is running, whatever the image's size
+    (benchmarks/RESULTS_inference.md). An image already in memory (a dask or NumPy array) is
+    tiled with ``dask.array.map_overlap``, whose overlap strips keep neighbouring blocks alive:
+    there a worker's memory grows with the image's width. Save a large image to zarr or ``.npy``
+    first.
+
+    The model travels once per worker, not per block: it is one key of the graph (a
+    :class:`ModelSpec` with the weights), and blocks depend on a small :class:`ModelHandle` of
+    it. Dask's threads share the caller's model; ``dask.distributed`` sends the weights to each
+    worker once; Dask's local process pool, which pickles a task's inputs with every task,
+    sends each block the handle (a few hundred bytes) and each process reads the weights from
+    a temporary file once. Compute with any scheduler, or stream to disk without gathering::
 
         labels = predict_dask("runs/unet-nuclei/best.npz", "big.zarr")
         labels.to_zarr("labels.zarr")                       # threads, or the active Client
@@ -513,47 +671,74 @@ def predict_dask(model_or_checkpoint: Any, image: Any, tile: int | tuple[int, in
 
     Needs ``pip install 'minisegnet[dask]'``.
     """
-    da = _import_dask()
-    import dask
-
+    _import_dask()
     if output not in ("labels", "probabilities", "logits"):
         raise ValueError(f"output: must be 'labels', 'probabilities' or 'logits', got {output!r}")
+    spec = _spec_of(model_or_checkpoint)
+    x, reader = _open_image(image, spec.model(), tile)
+    return _predict(spec, x, reader, tile, output)
+
+
+def _spec_of(model_or_checkpoint: Any) -> ModelSpec:
+    if isinstance(model_or_checkpoint, ModelSpec):
+        return model_or_checkpoint
     if isinstance(model_or_checkpoint, (str, os.PathLike)):
         from .training import model_from_checkpoint
 
         model_or_checkpoint, _ = model_from_checkpoint(os.fspath(model_or_checkpoint))
-    spec = model_or_checkpoint if isinstance(model_or_checkpoint, ModelSpec) else ModelSpec(
-        model_or_checkpoint)
+    return ModelSpec(model_or_checkpoint)
+
+
+def _predict(spec: ModelSpec, x: Any, reader: _FileImage | None, tile: Any, output: str) -> Any:
+    """predict_dask's graph for the dask array ``x`` (the network's input): blocks that read
+    their windows from ``reader`` (a file giving the same values as ``x``) or map_overlap."""
+    da = _import_dask()
+    import dask
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    if "distributed" in sys.modules:
+        _register_distributed()
     model = spec.model()
-    x = _checked_image(_open_image(image, model, tile), model)
+    x = _checked_image(x, model)
     C, H, W = (int(s) for s in x.shape)
     th, tw = tile_sizes(model, H, W, tile)
-    rows, cols = _axis_plan(model, H, th), _axis_plan(model, W, tw)
-
-    x = x.rechunk((C, rows.output_chunks(), cols.output_chunks()))
-    src = _mirror_extend(x, 1, rows.pad_before, rows.pad_after)
-    src = _mirror_extend(src, 2, cols.pad_before, cols.pad_after)
-    src = src.rechunk((C, rows.source_chunks(), cols.source_chunks()))
+    direct = reader is not None
+    rows, cols = _axis_plan(model, H, th, direct), _axis_plan(model, W, tw, direct)
 
     K = model.num_classes
     dtype = np.dtype(next(iter(model.parameters())).dtype)
     if output == "labels":
-        out_dtype, chunks, extra = _label_dtype(K), (rows.output_chunks(), cols.output_chunks()), {
-            "drop_axis": 0}
+        out_dtype, chunks = _label_dtype(K), (rows.output_chunks(), cols.output_chunks())
     else:
-        out_dtype, chunks, extra = (np.dtype(np.float32) if output == "probabilities" else dtype,
-                                    ((K,), rows.output_chunks(), cols.output_chunks()), {})
-    from dask.base import tokenize
-
-    key = dask.delayed(spec, name=f"minisegnet-model-{spec.token}", pure=True)
-    name = f"predict-dask-{tokenize(spec.token, src.name, rows, cols, output)}"
-    result = da.map_overlap(
-        partial(_predict_block, rows=rows, cols=cols, output=output), src,
-        depth={0: 0, 1: rows.overlap(), 2: cols.overlap()}, boundary="none", trim=False,
-        allow_rechunk=False, chunks=chunks, dtype=out_dtype,
-        meta=np.empty((0,) * len(chunks), out_dtype), name=name, spec=key, **extra,
-    )
-    # zarr needs equal chunks but the last: a last block merged into its neighbour is split again.
+        out_dtype = np.dtype(np.float32) if output == "probabilities" else dtype
+        chunks = ((K,), rows.output_chunks(), cols.output_chunks())
+    meta = np.empty((0,) * len(chunks), out_dtype)
+    weights = dask.delayed(spec, name=f"minisegnet-weights-{spec.token}", pure=True)
+    handle = dask.delayed(_handle_of, pure=True)(
+        weights, dask_key_name=f"minisegnet-model-{spec.token}")
+    if direct:
+        token = tokenize(spec.token, reader.path, reader.mtime, reader.steps, rows, cols, output)
+        name = f"predict-dask-{token}"
+        lead = () if output == "labels" else (0,)
+        dsk = {(name, *lead, i, j): (_predict_file_block, reader, handle.key, rows, cols, output,
+                                     i, j)
+               for i in range(len(rows.cores)) for j in range(len(cols.cores))}
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=[handle])
+        result = da.Array(graph, name, chunks=chunks, dtype=out_dtype, meta=meta)
+    else:
+        x = x.rechunk((C, rows.output_chunks(), cols.output_chunks()))
+        src = _mirror_extend(x, 1, rows.pad_before, rows.pad_after)
+        src = _mirror_extend(src, 2, cols.pad_before, cols.pad_after)
+        src = src.rechunk((C, rows.source_chunks(), cols.source_chunks()))
+        name = f"predict-dask-{tokenize(spec.token, src.name, rows, cols, output)}"
+        result = da.map_overlap(
+            partial(_predict_block, rows=rows, cols=cols, output=output), src,
+            depth={0: 0, 1: rows.overlap(), 2: cols.overlap()}, boundary="none", trim=False,
+            allow_rechunk=False, chunks=chunks, dtype=out_dtype, meta=meta, name=name,
+            spec=handle, **({"drop_axis": 0} if output == "labels" else {}),
+        )
+    # zarr needs equal chunks but the last: a last block longer than the others is split again.
     if not all(_regular(c) for c in result.chunks):
         result = result.rechunk(tuple(c[0] for c in result.chunks))
     return result
@@ -563,31 +748,50 @@ def _regular(chunks: tuple[int, ...]) -> bool:
     return all(c == chunks[0] for c in chunks[:-1]) and chunks[-1] <= chunks[0]
 
 
+@dataclass(frozen=True)
+class _Normalize:
+    """:func:`minisegnet.data.normalize`'s arithmetic with its bounds fixed: the same NumPy
+    operations on a dask block or on a window a block reads from a file (float64, then float32).
+    """
+
+    lo: float
+    hi: float
+    clip: bool
+    scale: float | None = None  # integer images under "range": divided by their dtype's max
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        xf = x.astype(np.float64)
+        if self.scale is not None:
+            xf = xf / self.scale
+        xf = (xf - self.lo) / max(self.hi - self.lo, 1e-12)
+        if self.clip:
+            xf = xf.clip(0.0, 1.0)
+        return xf.astype(np.float32)
+
+
+def _normalization(x: Any, normalization: dict[str, Any], max_samples: int) -> _Normalize:
+    if not isinstance(normalization, dict) or "method" not in normalization:
+        raise TypeError(f"normalization: expected a dict with a 'method', got {normalization!r}")
+    method, clip = normalization["method"], bool(normalization.get("clip", True))
+    if method == "percentile":
+        s = max(1, math.ceil(math.sqrt(x.size / max_samples)))
+        sample = np.asarray(x[:, ::s, ::s].compute()).astype(np.float64)
+        lo, hi = np.percentile(sample, [normalization["low"], normalization["high"]])
+        return _Normalize(float(lo), float(hi), clip)
+    if method == "range":
+        scale = float(np.iinfo(x.dtype).max) if x.dtype.kind in "iu" else None
+        return _Normalize(normalization["low"], normalization["high"], clip, scale)
+    raise ValueError(f"normalization: unknown method {method!r} (expected 'percentile' or "
+                     f"'range')")
+
+
 def normalize_lazy(x: Any, normalization: dict[str, Any], max_samples: int = 1 << 24) -> Any:
     """:func:`minisegnet.data.normalize` for a (C, H, W) dask array, lazily except for the
     percentiles: ``"range"`` is elementwise (exact); ``"percentile"`` takes the image's
     percentiles from every pixel up to ``max_samples`` pixels (then identical to ``normalize``)
     and from an even strided subsample of about that many beyond (computed now, with the
     scheduler in use)."""
-    if not isinstance(normalization, dict) or "method" not in normalization:
-        raise TypeError(f"normalization: expected a dict with a 'method', got {normalization!r}")
-    method, clip = normalization["method"], normalization.get("clip", True)
-    xf = x.astype(np.float64)
-    if method == "percentile":
-        s = max(1, math.ceil(math.sqrt(x.size / max_samples)))
-        sample = np.asarray(xf[:, ::s, ::s].compute())
-        lo, hi = np.percentile(sample, [normalization["low"], normalization["high"]])
-    elif method == "range":
-        if x.dtype.kind in "iu":
-            xf = xf / np.iinfo(x.dtype).max
-        lo, hi = normalization["low"], normalization["high"]
-    else:
-        raise ValueError(f"normalization: unknown method {method!r} (expected 'percentile' or "
-                         f"'range')")
-    xf = (xf - lo) / max(hi - lo, 1e-12)
-    if clip:
-        xf = xf.clip(0.0, 1.0)
-    return xf.astype(np.float32)
+    return x.map_blocks(_normalization(x, normalization, max_samples), dtype=np.float32)
 
 
 def predict_to_zarr(checkpoint: str, image: Any, out: str, scheduler: str | None = None,
@@ -595,8 +799,9 @@ def predict_to_zarr(checkpoint: str, image: Any, out: str, scheduler: str | None
                     ) -> tuple[int, int]:
     """``minisegnet predict --scheduler ...``: labels of one raw image written to the zarr array
     ``out`` block by block, never gathered. The image (a ``.npy``/zarr path or an array) is
-    normalised as the checkpoint's training data was (:func:`normalize_lazy`); a colour image for
-    a one-channel model is averaged over its first three channels, as the in-memory path does.
+    normalised as the checkpoint's training data was (:func:`normalize_lazy`; for a file, each
+    block normalises the window it reads); a colour image for a one-channel model is averaged
+    over its first three channels, as the in-memory path does.
 
     ``scheduler``: None or "threads" (Dask's threads), "processes" (a local process pool), or a
     ``dask.distributed`` scheduler address ("tcp://host:8786"; connecting gives up after
@@ -609,11 +814,14 @@ def predict_to_zarr(checkpoint: str, image: Any, out: str, scheduler: str | None
     from .training import model_from_checkpoint
 
     model, meta = model_from_checkpoint(checkpoint)
-    x = _open_image(image, model, tile)
+    spec = ModelSpec(model)
+    x, reader = _open_image(image, model, tile)
     if x.ndim == 2:
         x = x[None]
+    steps: tuple[Any, ...] = ()
     if x.ndim == 3 and model.in_channels == 1 and x.shape[0] in (3, 4):
-        x = x[:3].astype(np.float64).mean(axis=0, keepdims=True)  # colour picture, grey model
+        x = x[:3].map_blocks(_grey, chunks=((1,), *x.chunks[1:]), dtype=np.float64)
+        steps = (_grey,)  # colour picture, grey model
     _checked_image(x, model)
     if isinstance(image, (str, os.PathLike)) and os.path.abspath(out) == os.path.abspath(image):
         raise ValueError(f"out: {out!r} is the input image")
@@ -635,8 +843,10 @@ def predict_to_zarr(checkpoint: str, image: Any, out: str, scheduler: str | None
                                   f"within {timeout} ({why})") from None
     try:
         with dask.config.set(scheduler=client if client is not None else (scheduler or "threads")):
-            x = normalize_lazy(x, meta["normalization"])
-            labels = predict_dask(model, x, tile=tile)
+            norm = _normalization(x, meta["normalization"], 1 << 24)
+            x = x.map_blocks(norm, dtype=np.float32)
+            reader = reader.with_steps(*steps, norm) if reader is not None else None
+            labels = _predict(spec, x, reader, tile, "labels")
             store = labels.to_zarr(out, overwrite=True, compute=False)
             if client is not None:
                 fut = client.compute(store)

@@ -142,6 +142,85 @@ def test_local_cluster_equals_predict_tiled_and_ships_the_model_once(models, sma
     assert sum(s["built"] - before.get(w, {"built": 0})["built"] for w, s in after.items()) >= 1
 
 
+class RecordingPool:
+    """What Dask's process scheduler sends its pool: ``dask.compute(..., scheduler="processes",
+    pool=RecordingPool(inner))`` records each task's pickled payload (its function, arguments and
+    the values of its dependencies) by key, then hands the batch to ``inner``."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self._max_workers, self.payloads = inner, inner._max_workers, {}
+
+    def submit(self, fn, batch):
+        for key, payload, *_ in batch:
+            self.payloads[key] = payload
+        return self.inner.submit(fn, batch)
+
+
+def carrying(payloads: dict, model: UNet) -> list:
+    """The keys whose payload holds the model's weights (the bytes of its largest array)."""
+    needle = max((np.asarray(v) for v in model.state_dict().values()), key=lambda v: v.nbytes)
+    assert needle.nbytes >= 1024
+    return [k for k, p in payloads.items() if needle.tobytes() in p]
+
+
+@pytest.mark.parametrize("source", ["npy", "array"])
+def test_process_pool_sends_the_weights_once_not_with_every_block(models, small, reference,
+                                                                   tmp_path, source):
+    """Dask's process pool pickles every task with its inputs. The weights must go in one task
+    (the model key's), each block getting a small handle that loads them once per process.
+    The pool here runs the tasks in threads: what it is sent is what a process pool is sent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+
+    model = make_model("same")  # 3 classes, batch norm: its own token
+    image = str(tmp_path / "img.npy") if source == "npy" else small
+    np.save(tmp_path / "img.npy", small)
+    before = dict(inference.STATS)
+    logits = predict_dask(model, image, tile=TILE, output="logits")
+    with ThreadPoolExecutor(2) as inner:
+        pool = RecordingPool(inner)
+        (got,) = dask.compute(logits, scheduler="processes", pool=pool)
+    np.testing.assert_array_equal(got, reference("same"))
+    blocks = [k for k in pool.payloads if str(k[0] if isinstance(k, tuple) else k).startswith(
+        "predict-dask")]
+    assert len(blocks) >= 6
+    assert len(carrying(pool.payloads, model)) == 1, carrying(pool.payloads, model)
+    assert not set(carrying(pool.payloads, model)) & set(blocks)
+    if source == "npy":  # a block that reads its own window from the file: a small task
+        weights = sum(np.asarray(v).nbytes for v in model.state_dict().values())
+        assert max(len(pool.payloads[k]) for k in blocks) < min(weights / 4, 8000)
+    # one process stands in for all: the weights were unpickled once, the network built once
+    assert inference.STATS["unpickled"] - before["unpickled"] == 1
+    assert inference.STATS["built"] - before["built"] <= 1
+
+
+def test_model_handle_pickles_small_and_loads_once_per_process(models):
+    import pickle
+
+    spec = inference.ModelSpec(models["valid"])
+    wire = pickle.dumps(spec)  # a spec carries its weights (and writes a weights file)
+    handle = inference._handle_of(pickle.loads(wire))
+    small_wire = pickle.dumps(handle)
+    assert len(small_wire) < len(wire) / 4 and os.path.isfile(spec.path)
+    inference._MODELS.clear()  # as in a fresh worker process
+    before = dict(inference.STATS)
+    copies = [pickle.loads(small_wire) for _ in range(5)]
+    nets = {id(h.model()) for h in copies}
+    assert len(nets) == 1  # one network for the process ...
+    assert inference.STATS["loaded"] - before["loaded"] == 1  # ... read from the file once
+    assert inference.STATS["built"] - before["built"] == 1
+    x = msn.Tensor(np.random.default_rng(0).random((1, 1, 60, 60), np.float32))
+    with msn.no_grad():  # the same network
+        np.testing.assert_array_equal(copies[0].model()(x).numpy(), spec.model()(x).numpy())
+    path = spec.path
+    del spec, copies, handle
+    import gc
+
+    gc.collect()
+    assert not os.path.exists(path)  # the temporary weights file goes with its spec
+
+
 def test_threads_reuse_the_callers_model_and_snapshot_its_weights(models, small, reference):
     model = make_model("valid")
     rng_state = msn.random.default_rng().bit_generator.state
