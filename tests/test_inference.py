@@ -477,3 +477,20 @@ def test_process_pool_equals_predict_tiled(models, small, reference):
 
         got_labels, got_probs = dask.compute(labels, probs, scheduler="processes", num_workers=2)
         assert_matches(got_labels, got_probs, reference(kind))
+
+
+@pytest.mark.slow
+def test_a_real_process_pool_gets_the_weights_once_and_reads_them_from_the_file(
+        models, small, reference, tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    import dask
+    import dask.multiprocessing
+
+    np.save(tmp_path / "img.npy", small)
+    logits = predict_dask(models["valid"], str(tmp_path / "img.npy"), tile=TILE, output="logits")
+    with ProcessPoolExecutor(2, mp_context=dask.multiprocessing.get_context()) as inner:
+        pool = RecordingPool(inner)
+        (got,) = dask.compute(logits, scheduler="processes", pool=pool)
+    np.testing.assert_array_equal(got, reference("valid"))
+    assert len(carrying(pool.payloads, models["valid"])) == 1
