@@ -19,15 +19,23 @@ b = k = 0). The per-channel constants are C numbers, computed by the caller in f
 (``minisegnet/functional/batch_norm.py``); the kernels do the O(N*C*L) passes. Nothing of size x
 is kept between forward and backward except x itself (xhat is recomputed from it, as PyTorch does).
 
+Batch norm + ReLU, fused (``relu=True``; U-Net's and ResNet's conv -> BN -> ReLU): the output
+pass writes ``max(y, 0)`` and the backward passes take that output and use ``gy * (y > 0)`` (the
+gradient with respect to the pre-activation) wherever gy appears above, so S_g, S_gx, gbeta,
+ggamma and gx are those of BN for that masked gradient. No pass of its own for the ReLU either
+way, and nothing more is kept: the ReLU's output is the next conv's input, held anyway.
+
 Shapes: x, gy, y, gx (N, C, ...) of float32/float64, viewed as (N, C, L); the statistics and
 reductions are float64 (C,); the constants given to ``apply`` / ``backward_apply`` are (C,).
 
 Kernels (every implementation has these signatures)::
 
     batch_norm_stats(x) -> (mean, var)                  float64 (C,), var biased
-    batch_norm_apply(x, mean, scale, shift) -> y
-    batch_norm_backward_reduce(gy, x, mean) -> (S_g, S_gx)   float64 (C,)
-    batch_norm_backward_apply(gy, x, mean, a, b, k) -> gx
+    batch_norm_apply(x, mean, scale, shift, relu=False) -> y
+    batch_norm_backward_reduce(gy, x, mean, y=None) -> (S_g, S_gx)   float64 (C,)
+    batch_norm_backward_apply(gy, x, mean, a, b, k, y=None) -> gx
+
+(``y`` given: the output of a ``relu=True`` apply, and gy is masked by ``y > 0``.)
 
 Versions in this file:
 
@@ -91,42 +99,52 @@ def batch_norm_stats_reference(x: Any) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-def batch_norm_apply_reference(x: Any, mean: Any, scale: Any, shift: Any) -> np.ndarray:
-    """y = (x - mean[c]) * scale[c] + shift[c], in x's dtype."""
+def batch_norm_apply_reference(x: Any, mean: Any, scale: Any, shift: Any,
+                               relu: bool = False) -> np.ndarray:
+    """y = (x - mean[c]) * scale[c] + shift[c] (then max(y, 0) when relu), in x's dtype."""
     r = _rows(x)
     N, C, L = r.shape
     y = np.empty(r.shape, dtype=x.dtype)
     for n in range(N):
         for c in range(C):
             for i in range(L):
-                y[n, c, i] = (float(r[n, c, i]) - float(mean[c])) * float(scale[c]) + float(
-                    shift[c])
+                v = (float(r[n, c, i]) - float(mean[c])) * float(scale[c]) + float(shift[c])
+                y[n, c, i] = max(v, 0.0) if relu else v
     return y.reshape(x.shape)
 
 
-def batch_norm_backward_reduce_reference(gy: Any, x: Any, mean: Any) -> tuple[np.ndarray, ...]:
-    """(sum gy, sum gy * (x - mean)) per channel, float64 (C,)."""
+def _masked_reference(g: np.ndarray, y: Any, n: int, c: int, i: int) -> float:
+    """gy at one element, times (y > 0) when the output y of a fused ReLU is given."""
+    return float(g[n, c, i]) if y is None or y[n, c, i] > 0 else 0.0
+
+
+def batch_norm_backward_reduce_reference(gy: Any, x: Any, mean: Any,
+                                         y: Any = None) -> tuple[np.ndarray, ...]:
+    """(sum g, sum g * (x - mean)) per channel, float64 (C,); g = gy, or gy * (y > 0)."""
     g, r = _rows(gy), _rows(x)
+    y = None if y is None else _rows(y)
     N, C, L = r.shape
     s_g, s_gx = np.zeros(C), np.zeros(C)
     for c in range(C):
         for n in range(N):
             for i in range(L):
-                s_g[c] += float(g[n, c, i])
-                s_gx[c] += float(g[n, c, i]) * (float(r[n, c, i]) - float(mean[c]))
+                gi = _masked_reference(g, y, n, c, i)
+                s_g[c] += gi
+                s_gx[c] += gi * (float(r[n, c, i]) - float(mean[c]))
     return s_g, s_gx
 
 
-def batch_norm_backward_apply_reference(gy: Any, x: Any, mean: Any, a: Any, b: Any,
-                                        k: Any) -> np.ndarray:
-    """gx = a[c]*gy + b[c]*(x - mean[c]) + k[c], in x's dtype."""
+def batch_norm_backward_apply_reference(gy: Any, x: Any, mean: Any, a: Any, b: Any, k: Any,
+                                        y: Any = None) -> np.ndarray:
+    """gx = a[c]*g + b[c]*(x - mean[c]) + k[c], in x's dtype; g = gy, or gy * (y > 0)."""
     g, r = _rows(gy), _rows(x)
+    y = None if y is None else _rows(y)
     N, C, L = r.shape
     gx = np.empty(r.shape, dtype=x.dtype)
     for n in range(N):
         for c in range(C):
             for i in range(L):
-                gx[n, c, i] = (float(a[c]) * float(g[n, c, i])
+                gx[n, c, i] = (float(a[c]) * _masked_reference(g, y, n, c, i)
                                + float(b[c]) * (float(r[n, c, i]) - float(mean[c])) + float(k[c]))
     return gx.reshape(x.shape)
 
@@ -150,21 +168,29 @@ def batch_norm_stats_numpy(x: Any) -> tuple[Any, Any]:
     return mean, np.maximum(var - off * off, 0.0)
 
 
-def batch_norm_apply_numpy(x: Any, mean: Any, scale: Any, shift: Any) -> Any:
+def batch_norm_apply_numpy(x: Any, mean: Any, scale: Any, shift: Any, relu: bool = False) -> Any:
     r = _rows(x)
     dt = r.dtype
     y = (r - _per_channel(mean, dt)) * _per_channel(scale, dt) + _per_channel(shift, dt)
+    if relu:
+        xp_of(y).maximum(y, 0, out=y)
     return y.reshape(x.shape)
 
 
-def batch_norm_backward_reduce_numpy(gy: Any, x: Any, mean: Any) -> tuple[Any, Any]:
-    g, r = _rows(gy), _rows(x)
+def _masked_numpy(gy: Any, y: Any) -> Any:
+    g = _rows(gy)
+    return g if y is None else g * (_rows(y) > 0)
+
+
+def batch_norm_backward_reduce_numpy(gy: Any, x: Any, mean: Any, y: Any = None) -> tuple[Any, Any]:
+    g, r = _masked_numpy(gy, y), _rows(x)
     d = r - _per_channel(mean, np.float64)  # (N, C, L) float64: the mean is not rounded
     return g.sum(axis=(0, 2), dtype=np.float64), (g * d).sum(axis=(0, 2))
 
 
-def batch_norm_backward_apply_numpy(gy: Any, x: Any, mean: Any, a: Any, b: Any, k: Any) -> Any:
-    g, r = _rows(gy), _rows(x)
+def batch_norm_backward_apply_numpy(gy: Any, x: Any, mean: Any, a: Any, b: Any, k: Any,
+                                    y: Any = None) -> Any:
+    g, r = _masked_numpy(gy, y), _rows(x)
     dt = r.dtype
     gx = (_per_channel(a, dt) * g + _per_channel(b, dt) * (r - _per_channel(mean, dt))
           + _per_channel(k, dt))
@@ -196,18 +222,25 @@ def _stats_rows(x, shift, s1, s2):
         s2[n, c] = b
 
 
+# ``relu`` is a loop-invariant flag (LLVM unswitches the loop on it); ``y`` is the fused ReLU's
+# output when it is set, and any array of gy's shape (gy itself) when not.
+
+
 @parallel_njit(cache=True, fastmath=_FAST)
-def _apply_rows(x, mean, scale, shift, y):
+def _apply_rows(x, mean, scale, shift, relu, y):
     N, C, L = x.shape
     for t in prange(N * C):
         n, c = t // C, t % C
         m, s, b = mean[c], scale[c], shift[c]
         for i in range(L):
-            y[n, c, i] = (x[n, c, i] - m) * s + b
+            v = (x[n, c, i] - m) * s + b
+            if relu and v < 0:
+                v = 0
+            y[n, c, i] = v
 
 
 @parallel_njit(cache=True, fastmath=_FAST)
-def _backward_reduce_rows(gy, x, mean, s1, s2):
+def _backward_reduce_rows(gy, x, mean, relu, y, s1, s2):
     N, C, L = x.shape
     for t in prange(N * C):
         n, c = t // C, t % C
@@ -216,6 +249,8 @@ def _backward_reduce_rows(gy, x, mean, s1, s2):
         b = 0.0
         for i in range(L):
             g = np.float64(gy[n, c, i])
+            if relu and not y[n, c, i] > 0:
+                g = 0.0
             a += g
             b += g * (np.float64(x[n, c, i]) - m)
         s1[n, c] = a
@@ -223,13 +258,16 @@ def _backward_reduce_rows(gy, x, mean, s1, s2):
 
 
 @parallel_njit(cache=True, fastmath=_FAST)
-def _backward_apply_rows(gy, x, mean, a, b, k, gx):
+def _backward_apply_rows(gy, x, mean, a, b, k, relu, y, gx):
     N, C, L = x.shape
     for t in prange(N * C):
         n, c = t // C, t % C
         m, ac, bc, kc = mean[c], a[c], b[c], k[c]
         for i in range(L):
-            gx[n, c, i] = ac * gy[n, c, i] + bc * (x[n, c, i] - m) + kc
+            g = gy[n, c, i]
+            if relu and not y[n, c, i] > 0:
+                g = 0
+            gx[n, c, i] = ac * g + bc * (x[n, c, i] - m) + kc
 
 
 def _const(v: Any, dtype: Any) -> np.ndarray:
@@ -247,27 +285,36 @@ def batch_norm_stats_numba(x: Any) -> tuple[np.ndarray, np.ndarray]:
     return shift + d, np.maximum(s2.sum(axis=0) / m - d * d, 0.0)
 
 
-def batch_norm_apply_numba(x: Any, mean: Any, scale: Any, shift: Any) -> np.ndarray:
+def batch_norm_apply_numba(x: Any, mean: Any, scale: Any, shift: Any,
+                           relu: bool = False) -> np.ndarray:
     r = _rows(x)
     y = np.empty(r.shape, dtype=r.dtype)
-    _apply_rows(r, _const(mean, r.dtype), _const(scale, r.dtype), _const(shift, r.dtype), y)
+    _apply_rows(r, _const(mean, r.dtype), _const(scale, r.dtype), _const(shift, r.dtype),
+                bool(relu), y)
     return y.reshape(x.shape)
 
 
-def batch_norm_backward_reduce_numba(gy: Any, x: Any, mean: Any) -> tuple[np.ndarray, ...]:
+def _mask_arg(g: Any, y: Any) -> tuple[bool, Any]:
+    """(relu flag, mask source) for the backward kernels: gy itself stands in when no y."""
+    return (False, g) if y is None else (True, _rows(y))
+
+
+def batch_norm_backward_reduce_numba(gy: Any, x: Any, mean: Any,
+                                     y: Any = None) -> tuple[np.ndarray, ...]:
     g, r = _rows(gy), _rows(x)
     N, C, _ = r.shape
     s1, s2 = np.empty((N, C)), np.empty((N, C))
-    _backward_reduce_rows(g, r, _const(mean, np.float64), s1, s2)
+    _backward_reduce_rows(g, r, _const(mean, np.float64), *_mask_arg(g, y), s1, s2)
     return s1.sum(axis=0), s2.sum(axis=0)
 
 
-def batch_norm_backward_apply_numba(gy: Any, x: Any, mean: Any, a: Any, b: Any,
-                                    k: Any) -> np.ndarray:
+def batch_norm_backward_apply_numba(gy: Any, x: Any, mean: Any, a: Any, b: Any, k: Any,
+                                    y: Any = None) -> np.ndarray:
     g, r = _rows(gy), _rows(x)
     dt = r.dtype
     gx = np.empty(r.shape, dtype=dt)
-    _backward_apply_rows(g, r, _const(mean, dt), _const(a, dt), _const(b, dt), _const(k, dt), gx)
+    _backward_apply_rows(g, r, _const(mean, dt), _const(a, dt), _const(b, dt), _const(k, dt),
+                         *_mask_arg(g, y), gx)
     return gx.reshape(x.shape)
 
 
@@ -307,7 +354,7 @@ def _stats_cuda(x, shift, s1, s2):
         s2[c] = pb[0]
 
 
-def _backward_reduce_cuda(gy, x, mean, s1, s2):
+def _backward_reduce_cuda(gy, x, mean, relu, y, s1, s2):
     c = cuda.blockIdx.x
     t = cuda.threadIdx.x
     N, C, L = x.shape
@@ -317,6 +364,8 @@ def _backward_reduce_cuda(gy, x, mean, s1, s2):
         m = mean[c]
         for e in range(t, N * L, RED):
             g = float(gy[e // L, c, e % L])
+            if relu and not y[e // L, c, e % L] > 0:
+                g = 0.0
             a += g
             b += g * (float(x[e // L, c, e % L]) - m)
     pa = cuda.shared.array(RED, dtype=numba.float64)
@@ -336,7 +385,7 @@ def _backward_reduce_cuda(gy, x, mean, s1, s2):
         s2[c] = pb[0]
 
 
-def _apply_cuda(x, mean, scale, shift, y, total):
+def _apply_cuda(x, mean, scale, shift, relu, y, total):
     e = cuda.grid(1)
     if e >= total:
         return
@@ -344,10 +393,13 @@ def _apply_cuda(x, mean, scale, shift, y, total):
     c = (e // L) % C
     n = e // (L * C)
     i = e % L
-    y[n, c, i] = (x[n, c, i] - mean[c]) * scale[c] + shift[c]
+    v = (x[n, c, i] - mean[c]) * scale[c] + shift[c]
+    if relu and v < 0:
+        v = 0
+    y[n, c, i] = v
 
 
-def _backward_apply_cuda(gy, x, mean, a, b, k, gx, total):
+def _backward_apply_cuda(gy, x, mean, a, b, k, relu, y, gx, total):
     e = cuda.grid(1)
     if e >= total:
         return
@@ -355,7 +407,10 @@ def _backward_apply_cuda(gy, x, mean, a, b, k, gx, total):
     c = (e // L) % C
     n = e // (L * C)
     i = e % L
-    gx[n, c, i] = a[c] * gy[n, c, i] + b[c] * (x[n, c, i] - mean[c]) + k[c]
+    g = gy[n, c, i]
+    if relu and not y[n, c, i] > 0:
+        g = 0
+    gx[n, c, i] = a[c] * g + b[c] * (x[n, c, i] - mean[c]) + k[c]
 
 
 _stats_cuda_kernel = cuda.jit(_stats_cuda)
@@ -380,30 +435,33 @@ def batch_norm_stats_cuda(x: Any) -> tuple[Any, Any]:
     return shift + d, xp.maximum(s2 / (N * L) - d * d, 0.0)
 
 
-def batch_norm_apply_cuda(x: Any, mean: Any, scale: Any, shift: Any) -> Any:
+def batch_norm_apply_cuda(x: Any, mean: Any, scale: Any, shift: Any, relu: bool = False) -> Any:
     r = _rows(x)
     dt = r.dtype
     y = empty_like_module(r, r.shape)
     launch(_apply_cuda_kernel, r.size, r, _dev_const(r, mean, dt), _dev_const(r, scale, dt),
-           _dev_const(r, shift, dt), y, r.size)
+           _dev_const(r, shift, dt), bool(relu), y, r.size)
     return y.reshape(x.shape)
 
 
-def batch_norm_backward_reduce_cuda(gy: Any, x: Any, mean: Any) -> tuple[Any, Any]:
+def batch_norm_backward_reduce_cuda(gy: Any, x: Any, mean: Any, y: Any = None) -> tuple[Any, Any]:
     g, r = _rows(gy), _rows(x)
     C = r.shape[1]
     s1 = empty_like_module(r, (C,), np.float64)
     s2 = empty_like_module(r, (C,), np.float64)
-    _backward_reduce_cuda_kernel[C, RED](g, r, _dev_const(r, mean, np.float64), s1, s2)
+    _backward_reduce_cuda_kernel[C, RED](g, r, _dev_const(r, mean, np.float64),
+                                         *_mask_arg(g, y), s1, s2)
     return s1, s2
 
 
-def batch_norm_backward_apply_cuda(gy: Any, x: Any, mean: Any, a: Any, b: Any, k: Any) -> Any:
+def batch_norm_backward_apply_cuda(gy: Any, x: Any, mean: Any, a: Any, b: Any, k: Any,
+                                   y: Any = None) -> Any:
     g, r = _rows(gy), _rows(x)
     dt = r.dtype
     gx = empty_like_module(r, r.shape)
     launch(_backward_apply_cuda_kernel, r.size, g, r, _dev_const(r, mean, dt),
-           _dev_const(r, a, dt), _dev_const(r, b, dt), _dev_const(r, k, dt), gx, r.size)
+           _dev_const(r, a, dt), _dev_const(r, b, dt), _dev_const(r, k, dt), *_mask_arg(g, y), gx,
+           r.size)
     return gx.reshape(x.shape)
 
 
@@ -439,13 +497,15 @@ IMPLS = {
 }
 
 _I = types.int64
+_B = types.boolean
 _F64 = types.Array(types.float64, 1, "C")
 PTX = [
     (_stats_cuda, [(float_array(3, dt), _F64, _F64, _F64) for dt in FLOAT_DTYPES]),
-    (_backward_reduce_cuda, [(float_array(3, dt), float_array(3, dt), _F64, _F64, _F64)
-                             for dt in FLOAT_DTYPES]),
-    (_apply_cuda, [(float_array(3, dt), *[float_array(1, dt)] * 3, float_array(3, dt), _I)
+    (_backward_reduce_cuda, [(float_array(3, dt), float_array(3, dt), _F64, _B,
+                              float_array(3, dt), _F64, _F64) for dt in FLOAT_DTYPES]),
+    (_apply_cuda, [(float_array(3, dt), *[float_array(1, dt)] * 3, _B, float_array(3, dt), _I)
                    for dt in FLOAT_DTYPES]),
     (_backward_apply_cuda, [(float_array(3, dt), float_array(3, dt), *[float_array(1, dt)] * 4,
-                             float_array(3, dt), _I) for dt in FLOAT_DTYPES]),
+                             _B, float_array(3, dt), float_array(3, dt), _I)
+                            for dt in FLOAT_DTYPES]),
 ]

@@ -1,5 +1,6 @@
 """Batch normalisation (kernels/batch_norm.py, functional/batch_norm.py, nn.BatchNorm2d/1d):
-every implementation's four kernels against the reference loops, the layer's values, gradients and
+every implementation's four kernels against the reference loops (plain and with the fused ReLU),
+the fused ReLU against relu(batch_norm(x)), the layer's values, gradients and
 running statistics against PyTorch and against the formula, float64 gradcheck in both modes,
 results independent of the thread count, bad input."""
 
@@ -21,6 +22,8 @@ from minisegnet.testing import gradcheck
 
 SHAPES = [(3, 4, 5, 6), (2, 3, 7), (5, 3)] if not SIMULATOR else [(2, 3, 3, 4), (4, 2)]
 KERNELS = list(K.IMPLS)
+# (kernel, fused ReLU form): the statistics have none
+KERNEL_FORMS = [(n, False) for n in KERNELS] + [(n, True) for n in KERNELS[1:]]
 
 
 def data(shape, dtype, seed=0, offset=0.0):
@@ -28,16 +31,20 @@ def data(shape, dtype, seed=0, offset=0.0):
     return (g.standard_normal(shape) * 2.0 + offset).astype(dtype)
 
 
-def kernel_args(name, shape, dtype, seed):
+def kernel_args(name, shape, dtype, seed, relu=False):
+    """Arguments of one kernel; ``relu``: the fused-ReLU form (the apply's flag, or the output
+    ``y`` of a ReLU, about half zeros, that masks gy in the backward kernels)."""
     C = shape[1]
     g = rng(seed + 100)
     x = data(shape, dtype, seed, offset=50.0)  # a mean far from 0: no cancellation allowed
     gy = data(shape, dtype, seed + 1)
     mean, scale, shift, a, b, k = g.standard_normal((6, C))
     mean = mean + 50.0
-    return {"batch_norm_stats": (x,), "batch_norm_apply": (x, mean, scale, shift),
-            "batch_norm_backward_reduce": (gy, x, mean),
-            "batch_norm_backward_apply": (gy, x, mean, a, b, k)}[name]
+    y = np.maximum(data(shape, dtype, seed + 2), 0)
+    mask = (y,) if relu else ()
+    return {"batch_norm_stats": (x,), "batch_norm_apply": (x, mean, scale, shift, *[relu][:relu]),
+            "batch_norm_backward_reduce": (gy, x, mean, *mask),
+            "batch_norm_backward_apply": (gy, x, mean, a, b, k, *mask)}[name]
 
 
 def as_tuple(out):
@@ -46,9 +53,9 @@ def as_tuple(out):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("name", KERNELS)
-def test_kernel_matches_reference(impl, name, shape, dtype):
-    args = kernel_args(name, shape, dtype, 3)
+@pytest.mark.parametrize("name, relu", KERNEL_FORMS)
+def test_kernel_matches_reference(impl, name, shape, dtype, relu):
+    args = kernel_args(name, shape, dtype, 3, relu)
     expected = as_tuple(K.IMPLS[name]["reference"](*args))
     got = as_tuple(K.IMPLS[name][impl](*args))
     for e, o in zip(expected, got, strict=True):
@@ -84,11 +91,11 @@ def threads(n):
         numba.set_num_threads(before)
 
 
-@pytest.mark.parametrize("name", KERNELS)
-def test_numba_is_bitwise_independent_of_threads_and_twin(name):
+@pytest.mark.parametrize("name, relu", KERNEL_FORMS)
+def test_numba_is_bitwise_independent_of_threads_and_twin(name, relu):
     # one row per prange iteration, rows of a channel summed in a fixed order: one thread, two
     # threads and the serial nogil twin (kernels/_parallel.py) give the same bits
-    args = kernel_args(name, (3, 5, 9, 10), np.float32, 4)
+    args = kernel_args(name, (3, 5, 9, 10), np.float32, 4, relu)
     fn = K.IMPLS[name]["numba"]
     with threads(1):
         one = as_tuple(fn(*args))
@@ -159,6 +166,52 @@ def test_gradcheck(impl, training):
                          [x, w, b])
 
 
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_relu_is_relu_of_batch_norm(impl, training, affine):
+    # same values and gradients (input, weight, bias) as the two ops one after the other
+    shape = (2, 3, 4, 5) if impl in ("reference", "cuda") else (4, 6, 9, 7)
+    C = shape[1]
+    x, gy = data(shape, np.float64, 40, offset=0.3), data(shape, np.float64, 41)
+    g = rng(42)
+    stats = g.standard_normal(C), g.uniform(0.5, 2, C)
+    params = (g.standard_normal(C), g.standard_normal(C)) if affine else (None, None)
+    results = []
+    for fused in (True, False):
+        ts = [msn.Tensor(v, requires_grad=True) for v in (x, *params) if v is not None]
+        rm, rv = stats[0].copy(), stats[1].copy()
+        with msn.use_impl(impl):
+            y = F.batch_norm(ts[0], rm, rv, *(ts[1:] or (None, None)), training,
+                             activation="relu" if fused else None)
+            if not fused:
+                y = F.relu(y)
+            y.backward(msn.Tensor(gy))
+        results.append([y.data, rm, rv] + [t.grad for t in ts])
+    assert 0.2 < (results[0][0] == 0).mean() < 0.8  # the ReLU does cut
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b, dtype=np.float64, scale=8.0)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_fused_relu(impl, training):
+    shape = (2, 2, 2, 3) if impl == "cuda" and SIMULATOR else (2, 3, 3, 4)
+    x = data(shape, np.float64, 43, offset=0.2)
+    g = rng(44)
+    w, b = g.standard_normal(shape[1]), g.standard_normal(shape[1])
+    rm, rv = g.standard_normal(shape[1]), g.uniform(0.5, 2, shape[1])
+    with msn.use_impl(impl):
+        assert gradcheck(lambda x, w, b: F.batch_norm(x, rm.copy(), rv.copy(), w, b, training,
+                                                      activation="relu"), [x, w, b])
+
+
+def test_fused_relu_layer_has_the_plain_layers_state():
+    fused, plain = nn.BatchNorm2d(4, activation="relu"), nn.BatchNorm2d(4)
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    x = msn.Tensor(data((2, 4, 3, 3), np.float32, 45))
+    np.testing.assert_array_equal(fused(x).data, F.relu(plain(x)).data)
+    assert "activation='relu'" in repr(fused) and "activation" not in repr(plain)
+
+
 def test_batchnorm2d_layer_matches_pytorch_over_steps():
     torch = torch_or_skip()
     for momentum in (0.1, None):
@@ -201,6 +254,7 @@ def test_training_output_is_normalised():
     (dict(training=False, running_var=None), ValueError, "running_var"),
     (dict(input=np.zeros((1, 3, 1, 1), np.float32), training=True), ValueError,
      "more than 1 value"),
+    (dict(activation="gelu"), ValueError, "activation"),
 ])
 def test_bad_input(kwargs, exc, words):
     args = dict(input=np.zeros((2, 3, 4, 4), np.float32), running_mean=np.zeros(3, np.float32),

@@ -29,11 +29,15 @@ class BatchNormFunction(Function):
     Evaluation: the given running statistics are constants, so ``dx = dy * gamma * invstd``.
     Inputs: x, then gamma and beta when affine. Outputs y; the batch mean and biased variance
     (float64) are left on ``self.mean`` / ``self.var`` for the running-statistics update.
+    ``relu=True``: the output is ``max(y, 0)`` (batch norm + ReLU in the same passes), and the
+    backward masks the incoming gradient by ``output > 0`` inside the kernels.
     """
 
-    def __init__(self, eps: float, batch_stats: bool, mean: Any = None, var: Any = None) -> None:
+    def __init__(self, eps: float, batch_stats: bool, mean: Any = None, var: Any = None,
+                 relu: bool = False) -> None:
         self.eps, self.batch_stats = eps, batch_stats
         self.mean, self.var = mean, var
+        self.relu = relu
 
     def forward(self, x, *affine):
         xp = get_array_module(x)
@@ -46,7 +50,9 @@ class BatchNormFunction(Function):
             self.gamma = affine[0].astype(np.float64)
             scale, shift = self.invstd * self.gamma, affine[1]
         self.x, self.mean64 = x, mean
-        return kernel("batch_norm_apply", x)(x, mean, scale, shift)
+        y = kernel("batch_norm_apply", x)(x, mean, scale, shift, self.relu)
+        self.y = y if self.relu else None  # the ReLU's mask source (the next layer keeps y too)
+        return y
 
     def backward(self, gy):
         x, mean, invstd = self.x, self.mean64, self.invstd
@@ -56,7 +62,7 @@ class BatchNormFunction(Function):
         a = invstd * self.gamma if affine else invstd  # (C,) float64
         sums = None
         if self.batch_stats or (affine and (need[1] or need[2])):
-            sums = kernel("batch_norm_backward_reduce", gy)(gy, x, mean)  # S_g, S_gx
+            sums = kernel("batch_norm_backward_reduce", gy)(gy, x, mean, self.y)  # S_g, S_gx
         gx = None
         if need[0]:
             b = k = xp.zeros_like(a)
@@ -64,7 +70,7 @@ class BatchNormFunction(Function):
                 m = gy.size // gy.shape[1]
                 s_g, s_gx = sums
                 b, k = -a * invstd * invstd * s_gx / m, -a * s_g / m
-            gx = kernel("batch_norm_backward_apply", gy)(gy, x, mean, a, b, k)
+            gx = kernel("batch_norm_backward_apply", gy)(gy, x, mean, a, b, k, self.y)
         if not affine:
             return gx
         dt = gy.dtype
@@ -73,9 +79,16 @@ class BatchNormFunction(Function):
         return gx, ggamma, gbeta
 
 
+def _check_activation(activation: Any) -> bool:
+    """True for "relu", False for None; anything else is a ValueError."""
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation: None or 'relu', got {activation!r}")
+    return activation == "relu"
+
+
 def batch_norm(input: Any, running_mean: Any, running_var: Any, weight: Any = None,
                bias: Any = None, training: bool = False, momentum: float = 0.1,
-               eps: float = 1e-5) -> Tensor:
+               eps: float = 1e-5, activation: str | None = None) -> Tensor:
     """PyTorch's ``batch_norm``: normalise (N, C, ...) per channel (axis 1).
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias``. ``training=True`` uses the batch's mean
@@ -84,7 +97,12 @@ def batch_norm(input: Any, running_mean: Any, running_var: Any, weight: Any = No
     the *unbiased* variance. ``training=False`` uses the running statistics. Shapes: input
     (N, C, ...), running_mean / running_var / weight / bias (C,) or None. Differentiable in input,
     weight and bias.
+
+    ``activation="relu"`` (not in PyTorch) returns ``relu(batch_norm(...))`` from the same passes
+    over the data, forward and backward: conv -> BN -> ReLU blocks spend no pass of their own on the
+    ReLU (see ``kernels/batch_norm.py``).
     """
+    relu = _check_activation(activation)
     x = as_tensor(input)
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"input: batch_norm needs float32 or float64, got dtype {x.dtype}")
@@ -106,8 +124,8 @@ def batch_norm(input: Any, running_mean: Any, running_var: Any, weight: Any = No
         raise ValueError(f"input: batch normalisation needs more than 1 value per channel in "
                          f"training, got input of shape {x.shape}")
     raw = [v.data if isinstance(v, Tensor) else v for v in (running_mean, running_var)]
-    fn = (BatchNormFunction(eps, True) if training
-          else BatchNormFunction(eps, False, raw[0], raw[1]))
+    fn = (BatchNormFunction(eps, True, relu=relu) if training
+          else BatchNormFunction(eps, False, raw[0], raw[1], relu=relu))
     y = fn(x, weight, bias) if weight is not None else fn(x)
     if training and raw[0] is not None and raw[1] is not None:
         rm, rv = raw

@@ -47,12 +47,12 @@ def check_positive(name: str, value: Any) -> int:
 
 def conv_bn_relu(cin: int, cout: int, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1) -> nn.Sequential:
-    """Conv (no bias: BN's shift replaces it) + BatchNorm + ReLU, 'same' padding for odd kernels."""
+    """Conv (no bias: BN's shift replaces it) + BatchNorm + ReLU, 'same' padding for odd kernels;
+    the ReLU runs fused into the norm's passes (``nn.BatchNorm2d(activation="relu")``)."""
     return nn.Sequential(OrderedDict(
         conv=nn.Conv2d(cin, cout, kernel_size, stride=stride,
                        padding=dilation * (kernel_size - 1) // 2, dilation=dilation, bias=False),
-        bn=nn.BatchNorm2d(cout),
-        relu=nn.ReLU(),
+        bn=nn.BatchNorm2d(cout, activation="relu"),
     ))
 
 
@@ -67,7 +67,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation,
                                bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = nn.BatchNorm2d(cout, activation="relu")  # relu(bn1(.)), fused
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         if stride != 1 or cin != cout:
@@ -77,7 +77,7 @@ class ResidualBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.bn1(self.conv1(x))
         return F.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
 
 

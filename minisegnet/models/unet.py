@@ -37,19 +37,21 @@ class ConvBlock(nn.Module):
     """Two 3x3 convolutions, each followed by ReLU (and batch norm before it when asked).
 
     ``padding=0`` (valid) loses one pixel per side per conv, as in the paper; ``padding=1`` (same)
-    keeps the size. With batch norm the convs carry no bias (the norm's shift replaces it).
+    keeps the size. With batch norm the convs carry no bias (the norm's shift replaces it), and
+    ``bn1`` / ``bn2`` are ``relu(batch_norm(.))`` fused into the norm's own passes over the data
+    (``nn.BatchNorm2d(activation="relu")``); in the paper's network they are the ReLU alone.
     """
 
     def __init__(self, cin: int, cout: int, padding: int, batch_norm: bool) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=padding, bias=not batch_norm)
-        self.bn1 = nn.BatchNorm2d(cout) if batch_norm else nn.Identity()
+        self.bn1 = nn.BatchNorm2d(cout, activation="relu") if batch_norm else nn.ReLU()
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=padding, bias=not batch_norm)
-        self.bn2 = nn.BatchNorm2d(cout) if batch_norm else nn.Identity()
+        self.bn2 = nn.BatchNorm2d(cout, activation="relu") if batch_norm else nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(x)))
+        x = self.bn1(self.conv1(x))  # relu(bn1(conv1(x)))
+        return self.bn2(self.conv2(x))
 
 
 class ExpandingBlock(ConvBlock):

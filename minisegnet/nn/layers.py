@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import functional as F
 from ..backend import get_array_module
-from ..functional.batch_norm import BatchNormFunction
+from ..functional.batch_norm import BatchNormFunction, _check_activation
 from ..random import default_rng, rng_for
 from ..tensor import Tensor, as_tensor
 from .module import Module, Parameter
@@ -216,10 +216,13 @@ class _BatchNorm(Module):
         affine: bool = True,
         track_running_stats: bool = True,
         dtype: Any = np.float32,
+        activation: str | None = None,
     ) -> None:
         super().__init__()
         if num_features <= 0:
             raise ValueError(f"num_features: must be positive, got {num_features}")
+        self._relu = _check_activation(activation)  # fused ReLU (functional.batch_norm's docs)
+        self.activation = activation
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
@@ -258,9 +261,10 @@ class _BatchNorm(Module):
                     f"x: batch normalisation needs more than 1 value per channel in training, "
                     f"got input of shape {x.shape}"
                 )
-            fn = BatchNormFunction(self.eps, True)
+            fn = BatchNormFunction(self.eps, True, relu=self._relu)
         else:
-            fn = BatchNormFunction(self.eps, False, self.running_mean, self.running_var)
+            fn = BatchNormFunction(self.eps, False, self.running_mean, self.running_var,
+                                   relu=self._relu)
         inputs = (x, self.weight, self.bias) if self.affine else (x,)
         y = fn(*inputs)
         if self.training and self.track_running_stats:
@@ -282,6 +286,7 @@ class _BatchNorm(Module):
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}"
+            + (f", activation={self.activation!r}" if self.activation else "")
         )
 
 
@@ -291,7 +296,9 @@ class BatchNorm2d(_BatchNorm):
     Training: normalise with the batch mean and *biased* variance, and update
     ``running = (1 - momentum) * running + momentum * batch`` with the *unbiased* variance
     (``momentum=None``: cumulative average). Evaluation: normalise with the running statistics.
-    Both modes are differentiable (:class:`BatchNormFunction`).
+    Both modes are differentiable (:class:`BatchNormFunction`). ``activation="relu"`` (not in
+    PyTorch) is ``relu(bn(x))`` fused into the same passes over the data; parameters, buffers and
+    state_dict are those of the plain layer.
     """
 
     _ndims = (4,)
