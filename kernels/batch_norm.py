@@ -49,9 +49,10 @@ Versions in this file:
   large against the spread), the rows of a channel then added in a fixed order, so the result does
   not depend on the thread count. ``fastmath`` reassociation lets LLVM vectorise those sums. The
   two output passes are one fused multiply-add per element per row.
-* ``cuda``: one block per channel for the reductions (the block strides over the channel's
-  values, float64 accumulators, then a tree reduction in shared memory in a fixed order:
-  deterministic), one thread per element for the output passes.
+* ``cuda``: one block per channel for the reductions (one kernel for both: the statistics and the
+  backward's S_g, S_gx; the block strides over the channel's values, float64 accumulators, then
+  a tree reduction in shared memory in a fixed order: deterministic), one thread per element for
+  the output passes.
 
 How to benchmark: ``python benchmarks/bench_batch_norm.py`` (against PyTorch and the numpy
 version), or ``python benchmarks/bench_train_step.py --what bn`` (issue 16's figure).
@@ -325,18 +326,27 @@ def batch_norm_backward_apply_numba(gy: Any, x: Any, mean: Any, a: Any, b: Any, 
 RED = 32 if SIMULATOR else 256  # threads of a reducing block (a power of two)
 
 
-def _stats_cuda(x, shift, s1, s2):
+def _channel_sums_cuda(u, x, center, stats, relu, y, s1, s2):
+    """Per channel c (one block): s1 = sum f and s2 = sum f * d over the channel's values, with
+    d = x - center[c] and f = d for the statistics (``stats``; u unused), f = u masked by
+    ``y > 0`` when ``relu`` for the backward reduction (u = gy). One kernel, one tree reduction."""
     c = cuda.blockIdx.x
     t = cuda.threadIdx.x
     N, C, L = x.shape
     a = 0.0
     b = 0.0
     if c < C:
-        k = shift[c]
+        k = center[c]
         for e in range(t, N * L, RED):  # consecutive threads read consecutive values
-            d = float(x[e // L, c, e % L]) - k
-            a += d
-            b += d * d
+            n, i = e // L, e % L
+            d = float(x[n, c, i]) - k
+            f = d
+            if not stats:
+                f = float(u[n, c, i])
+                if relu and not y[n, c, i] > 0:
+                    f = 0.0
+            a += f
+            b += f * d
     pa = cuda.shared.array(RED, dtype=numba.float64)
     pb = cuda.shared.array(RED, dtype=numba.float64)
     pa[t] = a
@@ -344,37 +354,6 @@ def _stats_cuda(x, shift, s1, s2):
     cuda.syncthreads()
     s = RED // 2
     while s > 0:  # tree reduction in a fixed order: the same bits every run
-        if t < s:
-            pa[t] += pa[t + s]
-            pb[t] += pb[t + s]
-        cuda.syncthreads()
-        s //= 2
-    if t == 0 and c < C:
-        s1[c] = pa[0]
-        s2[c] = pb[0]
-
-
-def _backward_reduce_cuda(gy, x, mean, relu, y, s1, s2):
-    c = cuda.blockIdx.x
-    t = cuda.threadIdx.x
-    N, C, L = x.shape
-    a = 0.0
-    b = 0.0
-    if c < C:
-        m = mean[c]
-        for e in range(t, N * L, RED):
-            g = float(gy[e // L, c, e % L])
-            if relu and not y[e // L, c, e % L] > 0:
-                g = 0.0
-            a += g
-            b += g * (float(x[e // L, c, e % L]) - m)
-    pa = cuda.shared.array(RED, dtype=numba.float64)
-    pb = cuda.shared.array(RED, dtype=numba.float64)
-    pa[t] = a
-    pb[t] = b
-    cuda.syncthreads()
-    s = RED // 2
-    while s > 0:
         if t < s:
             pa[t] += pa[t + s]
             pb[t] += pb[t + s]
@@ -413,8 +392,7 @@ def _backward_apply_cuda(gy, x, mean, a, b, k, relu, y, gx, total):
     gx[n, c, i] = a[c] * g + b[c] * (x[n, c, i] - mean[c]) + k[c]
 
 
-_stats_cuda_kernel = cuda.jit(_stats_cuda)
-_backward_reduce_cuda_kernel = cuda.jit(_backward_reduce_cuda)
+_channel_sums_cuda_kernel = cuda.jit(_channel_sums_cuda)
 _apply_cuda_kernel = cuda.jit(_apply_cuda)
 _backward_apply_cuda_kernel = cuda.jit(_backward_apply_cuda)
 
@@ -430,7 +408,7 @@ def batch_norm_stats_cuda(x: Any) -> tuple[Any, Any]:
     shift = r[0, :, 0].astype(np.float64)
     s1 = empty_like_module(r, (C,), np.float64)
     s2 = empty_like_module(r, (C,), np.float64)
-    _stats_cuda_kernel[C, RED](r, shift, s1, s2)
+    _channel_sums_cuda_kernel[C, RED](r, r, shift, True, False, r, s1, s2)
     d = s1 / (N * L)
     return shift + d, xp.maximum(s2 / (N * L) - d * d, 0.0)
 
@@ -449,8 +427,8 @@ def batch_norm_backward_reduce_cuda(gy: Any, x: Any, mean: Any, y: Any = None) -
     C = r.shape[1]
     s1 = empty_like_module(r, (C,), np.float64)
     s2 = empty_like_module(r, (C,), np.float64)
-    _backward_reduce_cuda_kernel[C, RED](g, r, _dev_const(r, mean, np.float64),
-                                         *_mask_arg(g, y), s1, s2)
+    _channel_sums_cuda_kernel[C, RED](g, r, _dev_const(r, mean, np.float64), False,
+                                      *_mask_arg(g, y), s1, s2)
     return s1, s2
 
 
@@ -500,9 +478,8 @@ _I = types.int64
 _B = types.boolean
 _F64 = types.Array(types.float64, 1, "C")
 PTX = [
-    (_stats_cuda, [(float_array(3, dt), _F64, _F64, _F64) for dt in FLOAT_DTYPES]),
-    (_backward_reduce_cuda, [(float_array(3, dt), float_array(3, dt), _F64, _B,
-                              float_array(3, dt), _F64, _F64) for dt in FLOAT_DTYPES]),
+    (_channel_sums_cuda, [(float_array(3, dt), float_array(3, dt), _F64, _B, _B,
+                           float_array(3, dt), _F64, _F64) for dt in FLOAT_DTYPES]),
     (_apply_cuda, [(float_array(3, dt), *[float_array(1, dt)] * 3, _B, float_array(3, dt), _I)
                    for dt in FLOAT_DTYPES]),
     (_backward_apply_cuda, [(float_array(3, dt), float_array(3, dt), *[float_array(1, dt)] * 4,
