@@ -94,13 +94,16 @@ def save_curves(path: str, losses: list[float], history: list[dict[str, Any]]) -
     at = [r["step"] for r in history]
     for key, name in (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"),
                       ("instance_accuracy_50", "instance accuracy @ IoU 0.5"),
-                      ("dsb_score", "DSB score")):
-        if history and key in history[0]:
-            b.plot(at, [r[key] for r in history], marker="o", label=name)
+                      ("dsb_score", "DSB score"),
+                      ("mask_ap", "mask AP @ [.5:.95]"), ("mask_ap50", "mask AP @ 0.5"),
+                      ("gt_mask_ap50", "mask AP @ 0.5, ground-truth boxes")):
+        if history and key in history[0]:  # the maskhead's rows carry the mask AP keys
+            values = [np.nan if r.get(key) is None else r[key] for r in history]
+            b.plot(at, values, marker="o", label=name)
     b.set_xlabel("step")
     b.set_ylabel("test split")
     b.set_ylim(0, 1)
-    b.legend(loc="lower right")
+    b.legend(loc="best")
     b.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
