@@ -55,9 +55,11 @@ class Interrupted(Exception):
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "unet": {"base_channels": 16, "depth": 4},
     "unet-valid": {"base_channels": 16, "depth": 3},
-    "fcn32s": {"width": 8},
-    "fcn16s": {"width": 8},
-    "fcn8s": {"width": 8},
+    # FCN: VGG16-BN stages at width 4; the plain (paper) net, trained from scratch, stays at the
+    # class prior for hundreds of steps (benchmarks/RESULTS_zoo.md)
+    "fcn32s": {"width": 4, "batch_norm": True},
+    "fcn16s": {"width": 4, "batch_norm": True},
+    "fcn8s": {"width": 4, "batch_norm": True},
     "deeplabv3plus": {"width": 8},
     "pspnet": {"width": 8},
     "segnet": {"width": 8},
