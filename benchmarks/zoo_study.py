@@ -57,7 +57,7 @@ def summarize(values: list[float]) -> str:
 
 
 def write_table(args: argparse.Namespace, rows: dict, budget: dict, command: str, done: int,
-                total: int) -> None:
+                total: int, loads: list[float]) -> None:
     load = os.getloadavg()
     title = ("Nuclei U-Net: weight map ablation" if args.nuclei_ablation
              else f"Model zoo on {args.data}")
@@ -65,24 +65,37 @@ def write_table(args: argparse.Namespace, rows: dict, budget: dict, command: str
         f"# {title}",
         "",
         f"`python benchmarks/zoo_study.py {command}` on {cpu_model()} ({os.cpu_count()} cores), "
-        f"load average {load[0]:.1f} when written ({done} of {total} runs); budget per run: "
-        f"{json.dumps(budget)}; mean (min-max) over seeds {args.seeds}. Seconds are training "
-        "time including each epoch's evaluation, and move with the machine's load.",
+        f"load average {min(loads):.1f}-{max(loads):.1f} at the runs' ends, {load[0]:.1f} when "
+        f"written ({done} of {total} runs); budget per run: {json.dumps(budget)}, Adam with "
+        f"cosine decay, each model at `minisegnet train`'s defaults (`MODEL_DEFAULTS`); mean "
+        f"(min-max) over seeds {args.seeds}. Seconds are training time including each epoch's "
+        "evaluation, and move with the machine's load.",
         "",
-        "| model | weight map + gaps | parameters | mIoU | pixel accuracy | instance accuracy@0.5 "
-        "| instance accuracy@0.5, plain CC | DSB | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    if args.nuclei_ablation:
+        lines += [
+            "| model | weight map + gaps | parameters | mIoU | pixel accuracy | instance accuracy@0.5 "
+            "| instance accuracy@0.5, plain CC | DSB | seconds |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+    else:
+        lines += ["| model | parameters | mIoU | mIoU per seed | pixel accuracy | seconds |",
+                  "| --- | --- | --- | --- | --- | --- |"]
     for (model, wm), rs in rows.items():
         def col(key: str, rs: list = rs) -> str:
             return summarize([r[key] for r in rs]) if key in rs[0] else "-"
 
-        lines.append(
-            f"| {model} | {'yes' if wm else 'no'} | {rs[0]['parameters']:,} | {col('miou')} | "
-            f"{col('pixel_accuracy')} | {col('instance_accuracy_50')} | "
-            f"{col('instance_accuracy_50_cc')} | {col('dsb_score')} | "
-            f"{np.mean([r['seconds'] for r in rs]):.0f} |"
-        )
+        seconds = f"{np.mean([r['seconds'] for r in rs]):.0f}"
+        if args.nuclei_ablation:
+            lines.append(
+                f"| {model} | {'yes' if wm else 'no'} | {rs[0]['parameters']:,} | {col('miou')} | "
+                f"{col('pixel_accuracy')} | {col('instance_accuracy_50')} | "
+                f"{col('instance_accuracy_50_cc')} | {col('dsb_score')} | {seconds} |"
+            )
+        else:
+            per_seed = ", ".join(f"{r['miou']:.3f}" for r in rs)
+            lines.append(f"| {model} | {rs[0]['parameters']:,} | {col('miou')} | {per_seed} | "
+                         f"{col('pixel_accuracy')} | {seconds} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=models.list_models())
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=120)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -113,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                       lr=args.lr)
         runs = [(m, args.data, s, False) for m in args.models for s in args.seeds]
     rows: dict[tuple[str, bool], list[dict]] = {}
+    loads: list[float] = []
     command = " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as workdir:
         for i, (model, data, seed, wm) in enumerate(runs):
@@ -123,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model:14s} {data} seed {seed} weight_map={wm}: mIoU {r['miou']:.3f}{extra} "
                   f"{r['seconds']:.0f} s", flush=True)
             # the table so far, rewritten after every run (a long study can be read while it runs)
-            write_table(args, rows, budget, command, done=i + 1, total=len(runs))
+            loads.append(os.getloadavg()[0])
+            write_table(args, rows, budget, command, done=i + 1, total=len(runs), loads=loads)
     print(Path(args.out).read_text())
     return 0
 
