@@ -370,7 +370,7 @@ class _Axis:
     pixel ``windows[i][0] + lost`` (``lost`` = halo, 0 when same-padded). Block b owns output
     ``cores[b]``, runs tiles ``tiles[b]``; its overlapped source starts at image ``starts[b]``
     (map_overlap's layout: the image mirrored by ``pad_before``/``pad_after``, overlap
-    ``depth``); ``span(b)`` is the part of the image, mirrored, that its tiles read."""
+    ``depth``); ``run(b)`` is block b alone (the part of the image its tiles read, mirrored)."""
 
     n: int
     tile: int
@@ -397,9 +397,23 @@ class _Axis:
     def output_chunks(self) -> tuple[int, ...]:
         return tuple(b - a for a, b in self.cores)
 
-    def span(self, b: int) -> tuple[int, int]:
+    def run(self, b: int) -> _Run:
+        """Block ``b`` alone: what its task needs, of a size that does not grow with ``n``."""
         t = self.tiles[b]
-        return self.windows[t[0]][0], max(self.windows[i][1] for i in t)
+        return _Run(self.cores[b], (self.windows[t[0]][0], max(self.windows[i][1] for i in t)),
+                    tuple((self.windows[i], self.owns[i]) for i in t), self.lost)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One block along one axis: it owns output ``core``, its tiles read image ``span`` (mirrored
+    beyond the image), and each tile is (its window, the output it owns); a tile's model output
+    starts at image pixel ``window[0] + lost``."""
+
+    core: tuple[int, int]
+    span: tuple[int, int]
+    tiles: tuple[tuple[tuple[int, int], tuple[int, int]], ...]
+    lost: int
 
 
 def tile_sizes(model: Any, H: int, W: int, tile: Any = None) -> tuple[int, int]:
@@ -475,27 +489,22 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
 
 
-def _predict_block(block: np.ndarray, rows: _Axis, cols: _Axis, output: str,
-                   spec: ModelHandle | None = None, block_id: tuple[int, ...] = (0, 0, 0),
-                   origin: tuple[int, int] | None = None) -> np.ndarray:
+def _predict_block(block: np.ndarray, rows: _Run, cols: _Run, output: str, spec: ModelHandle,
+                   origin: tuple[int, int]) -> np.ndarray:
     """One Dask block: the block's tiles, one forward pass each (as predict_tiled runs them), then
     labels, probabilities or logits of the block's core. ``block`` is the mirrored image from
-    image pixel ``origin`` (map_overlap's layout, ``rows.starts``, when None)."""
+    image pixel ``origin`` on."""
     from .backend import to_device, to_numpy
     from .tensor import Tensor, no_grad
 
-    i, j = block_id[-2:]
     model = spec.model()
     dtype = next(iter(model.parameters())).dtype
-    block = block.astype(dtype, copy=False)  # (C, rows + overlap, cols + overlap)
-    (r0, r1), (c0, c1) = rows.cores[i], cols.cores[j]
-    rs, cs = origin if origin is not None else (rows.starts[i], cols.starts[j])
+    block = block.astype(dtype, copy=False)  # (C, rows + context, cols + context)
+    (r0, r1), (c0, c1), (rs, cs) = rows.core, cols.core, origin
     out = np.empty((model.num_classes, r1 - r0, c1 - c0), dtype)  # (K, rows, cols)
     with no_grad():
-        for ti in rows.tiles[i]:
-            (a, b), (o, p) = rows.windows[ti], rows.owns[ti]
-            for tj in cols.tiles[j]:
-                (c, d), (q, r) = cols.windows[tj], cols.owns[tj]
+        for (a, b), (o, p) in rows.tiles:
+            for (c, d), (q, r) in cols.tiles:
                 inp = np.ascontiguousarray(block[None, :, a - rs : b - rs, c - cs : d - cs])
                 logits = model(Tensor(to_device(inp, model.device))).data[0]  # (K, h, w)
                 ya, xa = a + rows.lost, c + cols.lost  # image pixel of the output's (0, 0)
@@ -508,11 +517,20 @@ def _predict_block(block: np.ndarray, rows: _Axis, cols: _Axis, output: str,
     return out
 
 
-def _predict_file_block(source: _FileImage, spec: ModelHandle, rows: _Axis, cols: _Axis,
-                        output: str, i: int, j: int) -> np.ndarray:
+def _predict_overlap_block(block: np.ndarray, rows: _Axis, cols: _Axis, output: str,
+                           spec: ModelHandle | None = None,
+                           block_id: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
+    """One map_overlap block (its source starts at ``rows.starts[i]``, ``cols.starts[j]``)."""
+    i, j = block_id[-2:]
+    return _predict_block(block, rows.run(i), cols.run(j), output, spec,
+                          (rows.starts[i], cols.starts[j]))
+
+
+def _predict_file_block(source: _FileImage, spec: ModelHandle, rows: _Run, cols: _Run,
+                        output: str) -> np.ndarray:
     """One block of a file: its window read (and mirrored) here, then :func:`_predict_block`."""
-    (a, b), (c, d) = rows.span(i), cols.span(j)
-    return _predict_block(source.window(a, b, c, d), rows, cols, output, spec, (0, i, j), (a, c))
+    (a, b), (c, d) = rows.span, cols.span
+    return _predict_block(source.window(a, b, c, d), rows, cols, output, spec, (a, c))
 
 
 def _grey(x: np.ndarray) -> np.ndarray:
@@ -721,9 +739,10 @@ def _predict(spec: ModelSpec, x: Any, reader: _FileImage | None, tile: Any, outp
         token = tokenize(spec.token, reader.path, reader.mtime, reader.steps, rows, cols, output)
         name = f"predict-dask-{token}"
         lead = () if output == "labels" else (0,)
-        dsk = {(name, *lead, i, j): (_predict_file_block, reader, handle.key, rows, cols, output,
-                                     i, j)
-               for i in range(len(rows.cores)) for j in range(len(cols.cores))}
+        row_runs, col_runs = [rows.run(i) for i in range(len(rows.cores))], [
+            cols.run(j) for j in range(len(cols.cores))]
+        dsk = {(name, *lead, i, j): (_predict_file_block, reader, handle.key, r, c, output)
+               for i, r in enumerate(row_runs) for j, c in enumerate(col_runs)}
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=[handle])
         result = da.Array(graph, name, chunks=chunks, dtype=out_dtype, meta=meta)
     else:
@@ -733,7 +752,7 @@ def _predict(spec: ModelSpec, x: Any, reader: _FileImage | None, tile: Any, outp
         src = src.rechunk((C, rows.source_chunks(), cols.source_chunks()))
         name = f"predict-dask-{tokenize(spec.token, src.name, rows, cols, output)}"
         result = da.map_overlap(
-            partial(_predict_block, rows=rows, cols=cols, output=output), src,
+            partial(_predict_overlap_block, rows=rows, cols=cols, output=output), src,
             depth={0: 0, 1: rows.overlap(), 2: cols.overlap()}, boundary="none", trim=False,
             allow_rechunk=False, chunks=chunks, dtype=out_dtype, meta=meta, name=name,
             spec=handle, **({"drop_axis": 0} if output == "labels" else {}),
