@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from model_cases import check_torch_parity, needs_torch, tiny
+from helpers import check_torch_parity, needs_torch, tiny
 
 import minisegnet as msn
 from minisegnet import nn

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_cases import check_torch_parity, coins_batch, gradcheck_module, needs_torch, overfit
+from helpers import check_torch_parity, coins_batch, gradcheck_module, needs_torch, overfit
 
 import minisegnet as msn
 import minisegnet.functional as F

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_cases import (
+from helpers import (
     OVERFIT,
     coins_batch,
     cross_entropy,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_cases import check_torch_parity, needs_torch, tiny
+from helpers import check_torch_parity, needs_torch, tiny
 
 import minisegnet as msn
 from minisegnet.models.segnet import SegNet
