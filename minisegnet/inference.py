@@ -551,6 +551,12 @@ class _FileImage:
         a = self._open()
         self.shape, self.dtype, self.ndim = tuple(a.shape), np.dtype(a.dtype), a.ndim
         self.mtime = os.path.getmtime(self.path)
+        # A C-ordered .npy is read row by row (pread) where its data starts: no memory map, whose
+        # pages (a fault maps up to 64 KiB around each row) would count as this process's memory
+        # in proportion to the image's width while a window is read.
+        self.offset = None
+        if kind == "npy" and isinstance(a, np.memmap) and a.flags.c_contiguous and a.ndim >= 2:
+            self.offset = int(a.offset)
 
     def _open(self) -> Any:
         if self.kind == "npy":
@@ -567,12 +573,28 @@ class _FileImage:
     def __getitem__(self, key: Any) -> np.ndarray:
         return np.array(self._open()[key], copy=True)
 
+    def _box(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Raw pixels [..., r0:r1, c0:c1], a fresh array."""
+        if self.offset is None:
+            return np.array(self._open()[..., r0:r1, c0:c1], copy=True)
+        H, W = self.shape[-2:]
+        out = np.empty((*self.shape[:-2], r1 - r0, c1 - c0), self.dtype)
+        rows = out.reshape(-1, r1 - r0, c1 - c0)  # (planes, rows, cols), a view of out
+        size = self.dtype.itemsize
+        with open(self.path, "rb", buffering=0) as f:
+            for p in range(rows.shape[0]):
+                for i in range(r1 - r0):
+                    at = self.offset + ((p * H + r0 + i) * W + c0) * size
+                    if os.preadv(f.fileno(), [rows[p, i]], at) != (c1 - c0) * size:
+                        raise OSError(f"image: {self.path!r} ended early (truncated .npy?)")
+        return out
+
     def window(self, a: int, b: int, c: int, d: int) -> np.ndarray:
         """Image rows a:b and columns c:d, mirrored (np.pad's reflect) where they leave it."""
         H, W = self.shape[-2:]
         ri, ci = _mirror_index(np.arange(a, b), H), _mirror_index(np.arange(c, d), W)
         r0, r1, c0, c1 = int(ri.min()), int(ri.max()) + 1, int(ci.min()), int(ci.max()) + 1
-        x = np.array(self._open()[..., r0:r1, c0:c1], copy=True)  # the box it reads from
+        x = self._box(r0, r1, c0, c1)  # the box it reads from
         if x.ndim == 2:
             x = x[None]
         if r1 - r0 != b - a or a < 0:  # mirrored rows: gather them (a copy)

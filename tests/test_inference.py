@@ -279,6 +279,21 @@ def test_npy_zarr_dask_inputs_and_zarr_output(models, small, reference, tmp_path
     np.testing.assert_array_equal(np.asarray(zarr.open_array(str(tmp_path / "labels.zarr"))), want)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_file_block_reads_its_window_mirrored_as_np_pad(tmp_path, order):
+    """A block of a .npy image reads its own window (row by row, or through a memory map for a
+    Fortran-ordered file), mirrored beyond the image as np.pad's reflect mirrors."""
+    img = np.random.default_rng(5).integers(0, 60000, (3, 23, 31)).astype(np.uint16)
+    np.save(tmp_path / "img.npy", np.asfortranarray(img) if order == "F" else img)
+    reader = inference._FileImage(str(tmp_path / "img.npy"), "npy")
+    assert (reader.offset is None) == (order == "F")
+    padded = np.pad(img, ((0, 0), (40, 40), (40, 40)), mode="reflect")
+    for a, b, c, d in [(0, 23, 0, 31), (-7, 12, 20, 45), (-40, 63, -3, 5), (5, 6, 30, 71)]:
+        got = reader.window(a, b, c, d)
+        assert got.dtype == np.uint16
+        np.testing.assert_array_equal(got, padded[:, a + 40 : b + 40, c + 40 : d + 40])
+
+
 def write_checkpoint(path, model: UNet, name: str, kwargs: dict) -> str:
     meta = {"config": {"model": name, "model_kwargs": kwargs, "data": "nuclei"},
             "num_classes": model.num_classes, "in_channels": model.in_channels,
