@@ -2,7 +2,8 @@
 
 A standalone script (the harness in ``common.py`` times one op per implementation; this measures
 schedulers and memory): the real nuclei image tiled into an S x S mosaic, saved as a float32
-``.npy`` that every run reads through a memory map, a random-weight same-padded U-Net, and
+``.npy`` (loaded whole by predict_tiled, read window by window by Dask's blocks), a
+random-weight same-padded U-Net, and
 
 * ``predict_tiled``            the whole image in one process (in memory, tile T)
 * ``dask threads``             ``predict_dask(npy, tile=T).to_zarr(...)`` on Dask's threads
@@ -230,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs, shared with other engineers "
         "(load average = mean of the 1-minute load before and after each run). Image: the nuclei "
-        "mosaic, float32 `.npy` read through a memory map. Model: random-weight same-padded U-Net "
+        "mosaic, a float32 `.npy` (predict_tiled loads it whole; each Dask block reads its own "
+        "window from it). Model: random-weight same-padded U-Net "
         f"(base {args.base}, depth {args.depth}, batch norm), 2 classes. Dask runs write uint8 "
         "labels to zarr (never gathered) and are checked equal to predict_tiled's labels first. "
         "Workers: 1 thread each (Numba's kernels use all cores inside each).",

@@ -11,9 +11,10 @@ touching instances' own).
 
 ``predict_dask`` runs the same overlap-tile scheme over a ``dask.array`` (images bigger than one
 machine's memory; extra ``minisegnet[dask]``): one Dask block per run of output tiles, each block
-read with the context its tiles need by ``map_overlap`` (mirrored at the image border), so its
-result equals ``predict_tiled``'s. It runs on any Dask scheduler, ``dask.distributed`` included,
-and writes to zarr without gathering: ``predict_dask(ckpt, "big.zarr").to_zarr("labels.zarr")``.
+read with the context its tiles need (from the file by the block's own task for a ``.npy``/zarr
+image, by ``map_overlap`` for an array), mirrored at the image border, so its result equals
+``predict_tiled``'s. It runs on any Dask scheduler, ``dask.distributed`` included, and writes to
+zarr without gathering: ``predict_dask(ckpt, "big.zarr").to_zarr("labels.zarr")``.
 """
 
 from __future__ import annotations
@@ -156,12 +157,14 @@ def _grow_interiors(mask: np.ndarray, p: np.ndarray, interior: float, comp: np.n
 #
 # Two graphs feed one block function. A file (.npy, zarr; with the command line's normalisation
 # applied per window) has no input graph: each block is one task that reads its own window from
-# the file, mirrored by index into a fresh array, and runs its one tile. Tasks share no data, so
-# a worker holds the model and the windows of the blocks it is running, whatever the image's
-# size. An image in memory (a dask or NumPy array) goes through map_overlap: blocks of enough
-# tiles to be at least d long, the overlap taken from the neighbours (boundary "none" after the
-# mirroring above); its overlap strips are views that keep their neighbours' blocks alive, so
-# there a worker holds up to about a row of blocks (memory grows with the image's width).
+# the file (a .npy row by row, never through a memory map), mirrored by index into a fresh array,
+# and runs its one tile. Tasks share no data and carry only their own part of the plan, so a
+# worker holds the model and the windows of the blocks it is running, whatever the image's
+# size (benchmarks/RESULTS_inference.md). An image in memory (a dask or NumPy array) goes
+# through map_overlap: blocks of enough tiles to be at least d long, the overlap taken from the
+# neighbours (boundary "none" after the mirroring above); its overlap strips are views that keep
+# their neighbours' blocks alive, so there a worker holds up to about a row of blocks (memory
+# grows with the image's width).
 
 _DASK_HINT = "pip install 'minisegnet[dask]'"
 
