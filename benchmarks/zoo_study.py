@@ -57,7 +57,7 @@ def summarize(values: list[float]) -> str:
 
 
 def write_table(args: argparse.Namespace, rows: dict, budget: dict, command: str, done: int,
-                total: int, loads: list[float]) -> None:
+                total: int, loads: list[float], failed: dict[str, str]) -> None:
     load = os.getloadavg()
     title = ("Nuclei U-Net: weight map ablation" if args.nuclei_ablation
              else f"Model zoo on {args.data}")
@@ -96,6 +96,8 @@ def write_table(args: argparse.Namespace, rows: dict, budget: dict, command: str
             per_seed = ", ".join(f"{r['miou']:.3f}" for r in rs)
             lines.append(f"| {model} | {rs[0]['parameters']:,} | {col('miou')} | {per_seed} | "
                          f"{col('pixel_accuracy')} | {seconds} |")
+    for model, msg in failed.items():
+        lines.append(f"| {model} | failed: {msg} |" + " |" * (8 if args.nuclei_ablation else 4))
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 
@@ -127,18 +129,25 @@ def main(argv: list[str] | None = None) -> int:
         runs = [(m, args.data, s, False) for m in args.models for s in args.seeds]
     rows: dict[tuple[str, bool], list[dict]] = {}
     loads: list[float] = []
+    failed: dict[str, str] = {}
     command = " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as workdir:
         for i, (model, data, seed, wm) in enumerate(runs):
-            r = run_one(model, data, seed, budget, wm, workdir)
-            rows.setdefault((model, wm), []).append(r)
-            extra = (f" inst@0.5 {r['instance_accuracy_50']:.3f}"
-                     if "instance_accuracy_50" in r else "")
-            print(f"{model:14s} {data} seed {seed} weight_map={wm}: mIoU {r['miou']:.3f}{extra} "
-                  f"{r['seconds']:.0f} s", flush=True)
+            try:
+                r = run_one(model, data, seed, budget, wm, workdir)
+            except ValueError as e:  # a model the training command cannot run: say so, go on
+                failed.setdefault(model, str(e).splitlines()[0])
+                print(f"{model:14s} {data} seed {seed}: failed: {failed[model]}", flush=True)
+            else:
+                rows.setdefault((model, wm), []).append(r)
+                extra = (f" inst@0.5 {r['instance_accuracy_50']:.3f}"
+                         if "instance_accuracy_50" in r else "")
+                print(f"{model:14s} {data} seed {seed} weight_map={wm}: mIoU {r['miou']:.3f}{extra} "
+                      f"{r['seconds']:.0f} s", flush=True)
             # the table so far, rewritten after every run (a long study can be read while it runs)
             loads.append(os.getloadavg()[0])
-            write_table(args, rows, budget, command, done=i + 1, total=len(runs), loads=loads)
+            write_table(args, rows, budget, command, done=i + 1, total=len(runs), loads=loads,
+                        failed=failed)
     print(Path(args.out).read_text())
     return 0
 
