@@ -30,7 +30,11 @@ rounded-up pools every input size works, down to 1x1 (fc6 always has >= 7x7 pool
 As in the paper, the skip scores ``score_pool4`` / ``score_pool3`` start at zero, so a fresh
 FCN-16s starts from FCN-32s's scores, only upsampled in two bilinear steps instead of one (the
 same where the scores vary linearly), and training refines from there. The convs start with
-He's variance (:func:`_he_normal`): the authors fine-tune a trained VGG16 instead.
+He's variance (:func:`_he_normal`): the authors fine-tune a trained VGG16 instead; ``score_fr``
+keeps ``nn.Conv2d``'s default initialisation (the paper zeroes it, on a trained backbone).
+Trained from scratch, the plain net sits at the class prior ("everything is background") for
+hundreds of steps; ``batch_norm=True`` (VGG16-BN stages) leaves it within about a hundred
+(Adam 3e-3 on ``shapes``), and is what ``minisegnet train`` uses (``benchmarks/RESULTS_zoo.md``).
 ``width`` (64 in VGG16) scales every channel count: stages ``w, 2w, 4w, 8w, 8w``, fc ``64w``.
 """
 
@@ -226,8 +230,9 @@ class FCN(nn.Module):
     ``variant``: "32s", "16s" or "8s". ``width``: VGG16's 64 by default; stages have
     ``width * (1, 2, 4, 8, 8)`` channels and fc6/fc7 ``64 * width``. ``dropout``: after fc6 and
     fc7 (0.5 as in VGG16). ``batch_norm``: VGG16-BN's stages (conv + BN + ReLU), not in the
-    paper, which fine-tuned an ImageNet VGG16; from scratch and on small budgets the plain net
-    sits at "everything is background" for hundreds of steps, the BN one trains at once.
+    paper, which fine-tuned an ImageNet VGG16; from scratch the plain net sits at "everything is
+    background" for hundreds of steps (Adam 1e-4 to 3e-3, SGD with momentum; its PyTorch twin
+    too), the BN one leaves it within about a hundred steps on ``shapes``.
     Maps (N, in_channels, H, W) to (N, num_classes, H, W) for any H, W.
     """
 
