@@ -244,3 +244,33 @@ def test_step_lr_and_groups():
     sched2 = optim.StepLR(opt, step_size=2, gamma=0.5)
     sched2.load_state_dict(sd)
     assert sched2.last_epoch == 5
+
+
+@pytest.mark.parametrize(
+    "cls, kw, extra", ADAM_CASES, ids=["adam", "adam-l2", "adam-amsgrad", "adamw", "adamw-amsgrad"]
+)
+def test_adam_in_chunks_matches_formula(monkeypatch, cls, kw, extra):
+    # a parameter of several chunks and a partial last one (ADAM_CHUNK made small)
+    monkeypatch.setattr(optim, "ADAM_CHUNK", 7)
+    p0, gs = np.random.default_rng(4).standard_normal((5, 9)), grads(5, (5, 9), seed=5)
+    np.testing.assert_allclose(run(cls, p0, gs, **kw), ref_adam(p0, gs, **{**kw, **extra}),
+                               rtol=1e-11)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(weight_decay=0.1, amsgrad=True)])
+def test_adam_chunks_are_bitwise_the_whole_array_update(monkeypatch, kw):
+    # float32: the chunked path (C-contiguous parameter) and the whole-array path (a Fortran-
+    # ordered one) do the same operations in the same order
+    monkeypatch.setattr(optim, "ADAM_CHUNK", 16)
+    g = np.random.default_rng(6)
+    p0 = g.standard_normal((9, 11)).astype(np.float32)
+    a = nn.Parameter(np.ascontiguousarray(p0))
+    b = nn.Parameter(np.asfortranarray(p0))
+    oa, ob = optim.Adam([a], lr=1e-2, **kw), optim.Adam([b], lr=1e-2, **kw)
+    for _ in range(4):
+        grad = g.standard_normal(p0.shape).astype(np.float32)
+        a.grad, b.grad = grad.copy(), np.asfortranarray(grad)
+        oa.step()
+        ob.step()
+    assert a.data.flags.c_contiguous and b.data.flags.f_contiguous
+    np.testing.assert_array_equal(a.data, b.data)
