@@ -338,7 +338,8 @@ def test_a_checkpoint_that_does_not_match_is_a_clear_error(models, small, tmp_pa
     # a checkpoint of another family: predict_dask tiles U-Nets only
     fcn = msn.models.create("fcn8s", 2, in_channels=1, width=4)
     other = tmp_path / "fcn.npz"
-    save_checkpoint(str(other), fcn, {"config": {"model": "fcn8s", "model_kwargs": {"width": 4}},
+    kwargs = {"width": 4, "batch_norm": False}  # as created (the CLI's default has batch norm)
+    save_checkpoint(str(other), fcn, {"config": {"model": "fcn8s", "model_kwargs": kwargs},
                                       "num_classes": 2, "in_channels": 1})
     with pytest.raises(TypeError, match="needs a UNet"):
         predict_dask(str(other), small)
