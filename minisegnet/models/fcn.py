@@ -33,8 +33,9 @@ same where the scores vary linearly), and training refines from there. The convs
 He's variance (:func:`_he_normal`): the authors fine-tune a trained VGG16 instead; ``score_fr``
 keeps ``nn.Conv2d``'s default initialisation (the paper zeroes it, on a trained backbone).
 Trained from scratch, the plain net sits at the class prior ("everything is background") for
-hundreds of steps; ``batch_norm=True`` (VGG16-BN stages) leaves it within about a hundred
-(Adam 3e-3 on ``shapes``), and is what ``minisegnet train`` uses (``benchmarks/RESULTS_zoo.md``).
+hundreds of steps; with ``batch_norm=True`` (VGG16-BN stages) FCN-16s and 8s leave it within
+one to two hundred (Adam 3e-3 on ``shapes``), and it is what ``minisegnet train`` uses
+(``benchmarks/RESULTS_zoo.md``).
 ``width`` (64 in VGG16) scales every channel count: stages ``w, 2w, 4w, 8w, 8w``, fc ``64w``.
 """
 
@@ -232,7 +233,7 @@ class FCN(nn.Module):
     fc7 (0.5 as in VGG16). ``batch_norm``: VGG16-BN's stages (conv + BN + ReLU), not in the
     paper, which fine-tuned an ImageNet VGG16; from scratch the plain net sits at "everything is
     background" for hundreds of steps (Adam 1e-4 to 3e-3, SGD with momentum; its PyTorch twin
-    too), the BN one leaves it within about a hundred steps on ``shapes``.
+    too); with BN, FCN-16s and 8s leave it within one to two hundred steps on ``shapes``.
     Maps (N, in_channels, H, W) to (N, num_classes, H, W) for any H, W.
     """
 
