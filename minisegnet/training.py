@@ -271,10 +271,23 @@ def _progress(total: int, initial: int, desc: str) -> Any:
                 unit="step", leave=True)
 
 
-def _epoch_batches(data_mod: Any, train_set: Any, cfg: TrainConfig, epoch: int) -> Any:
+def _patch_sizes(model: Any, patch: int) -> tuple[int, int]:
+    """(image crop, label crop) of a training patch. A valid-padded U-Net sees the smallest valid
+    input whose output covers ``patch`` and is trained on its whole output (the paper's tiles:
+    the context around the labels comes from the image, mirrored where the image ends); every
+    other model maps a patch to a patch."""
+    if getattr(model, "padding", None) == "valid" and hasattr(model, "input_size_for"):
+        size = model.input_size_for(patch, patch)[0]
+        return size, model.output_size(size, size)[0]
+    return patch, patch
+
+
+def _epoch_batches(data_mod: Any, train_set: Any, cfg: TrainConfig, epoch: int,
+                   sizes: tuple[int, int]) -> Any:
     # One iterator per epoch, seeded by (seed, epoch): resuming mid-epoch replays the same draws.
-    return data_mod.patches(train_set, cfg.patch, cfg.batch, augment=True,
-                            seed=[cfg.seed, epoch], elastic=cfg.elastic, weights=cfg.weight_map)
+    return data_mod.patches(train_set, sizes[0], cfg.batch, augment=True,
+                            seed=[cfg.seed, epoch], elastic=cfg.elastic, weights=cfg.weight_map,
+                            label_size=sizes[1])
 
 
 def train(cfg: TrainConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
@@ -343,7 +356,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Any = print) -> dict[str,
     with _SigintGuard() as guard:
         for epoch in range(state["epoch"], cfg.epochs):
             model.train()
-            batches = _epoch_batches(data, train_set, cfg, epoch)
+            batches = _epoch_batches(data, train_set, cfg, epoch, _patch_sizes(model, cfg.patch))
             for _ in range(state["step_in_epoch"]):  # resume: replay this epoch's draws
                 next(batches)
             bar = _progress(cfg.steps, state["step_in_epoch"], f"epoch {epoch + 1}/{cfg.epochs}")

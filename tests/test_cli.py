@@ -51,6 +51,23 @@ def test_train_writes_the_run_directory(shapes_run):
     assert cfg["model_kwargs"] == {"base_channels": 4, "depth": 2} and cfg["steps"] == 3
 
 
+def test_valid_unet_trains_on_patches_smaller_than_its_input(tmp_path):
+    # unet-valid needs >= 44 input pixels at depth 2; --patch 16 is the label crop, the image
+    # crop is the valid input around it (mirrored past the 64x64 shapes images' borders)
+    from minisegnet import models
+    from minisegnet.training import _patch_sizes
+
+    net = models.create("unet-valid", 2, in_channels=3, base_channels=4, depth=2)
+    size, label = _patch_sizes(net, 16)
+    assert label >= 16 and size == net.input_size_for(16, 16)[0] and net.output_size(
+        size, size) == (label, label)
+    argv = [a if a != "unet" else "unet-valid" for a in TINY]
+    assert run_cli("train", *argv[:-4], "--patch", "16", "--epochs", "1", "--steps", "2",
+                   "--out", tmp_path) == 0
+    m = json.load(open(tmp_path / "metrics.json"))
+    assert m["model"] == "unet-valid" and m["steps"] == 2 and 0 <= m["miou"] <= 1
+
+
 def test_metrics_json_recomputed_from_saved_predictions(shapes_run):
     """metrics.json agrees with metrics computed independently from predictions.npz."""
     from stardist.matching import matching as sd_matching
