@@ -212,7 +212,7 @@ def test_cpu_results_do_not_depend_on_the_worker_count(monkeypatch):
         assert_close(c, e)
 
 
-@pytest.mark.parametrize("p, d, g", [(1, 1, 1), (0, 2, 2), (3, 2, 1), (2, 1, 3)])
+@pytest.mark.parametrize("p, d, g", [(1, 1, 1), (2, 2, 2), (3, 2, 1), (2, 1, 3)])
 def test_stride_one_backward_is_one_conv_of_gy(monkeypatch, p, d, g):
     # With stride 1 (numba) both gradients come from one conv2d of gy with the rotated kernel: its
     # output is the input gradient, its weight gradient (output gradient x) the rotated weight
@@ -229,6 +229,61 @@ def test_stride_one_backward_is_one_conv_of_gy(monkeypatch, p, d, g):
     for a, e in zip(grads("numba", x, w, b, 1, p, d, g, gy), expected):
         assert_close(a, e)
     assert_close(conv_module._rotated(conv_module._rotated(w, g), g), w)
+
+
+@pytest.mark.parametrize("xs, ws, p, d", [((2, 6, 7, 6), (6, 6, 3, 3), 0, 2),
+                                           ((1, 3, 11, 11), (4, 3, 7, 7), 0, 1)])
+def test_stride_one_valid_conv_on_a_small_plane_takes_the_col2im_adjoint(monkeypatch, xs, ws, p,
+                                                                          d):
+    # The rotated-kernel conv of gy runs on x's whole grid: for a valid conv on a small plane (7x6
+    # -> 3x2, FCN's fc6 11x11 -> 5x5) it would do several times the work of W^T @ gy + col2im,
+    # so the driver takes the separate adjoint there (ADJOINT_MAX_GROWTH); same numbers.
+    x, w, b = tensors((xs, ws), np.float64, 11)
+    oh, ow = out_len(xs[2], ws[2], 1, p, d), out_len(xs[3], ws[3], 1, p, d)
+    assert xs[2] * xs[3] > conv_module.ADJOINT_MAX_GROWTH * oh * ow
+    gy = np.random.default_rng(12).standard_normal((xs[0], ws[0], oh, ow))
+    expected = grads("reference", x, w, b, 1, p, d, 1, gy)
+    calls = []
+    adjoint = conv_module.conv_transpose2d_array
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return adjoint(*args, **kwargs)
+
+    monkeypatch.setattr(conv_module, "conv_transpose2d_array", counted)
+    for a, e in zip(grads("numba", x, w, b, 1, p, d, 1, gy), expected):
+        assert_close(a, e)
+    assert calls == [gy.shape]
+
+
+# (N, C, H, W), (O, C/G, KH, KW), stride, padding, dilation, groups: O/G >= N*OH*OW
+WIDE_CASES = [((2, 5, 4, 4), (40, 5, 3, 3), 1, 0, 1, 1),  # 2x2 outputs, 40 >= 8
+              ((2, 4, 11, 11), (60, 4, 7, 7), 1, 0, 1, 1),  # fc6 in small: 5x5 -> 60 >= 50
+              ((1, 6, 3, 2), (24, 3, 1, 1), 1, 0, 1, 2),  # grouped 1x1 (fc7)
+              ((2, 3, 6, 5), (32, 3, 3, 3), 2, 1, 2, 1)]  # strided, dilated
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("case", WIDE_CASES, ids=range(len(WIDE_CASES)))
+def test_wide_passes_match_the_reference(monkeypatch, case, workers):
+    # A weight bigger than the columns (O/G >= N*OH*OW: FCN's fc6/fc7) runs as one GEMM cut by
+    # output channels (conv2d, weight gradient) or by column rows (adjoint), never per block.
+    xs, ws, s, p, d, g = case
+    oh, ow = out_len(xs[2], ws[2], s, p, d), out_len(xs[3], ws[3], s, p, d)
+    assert conv_module._wide(1, xs[0], ws[0] // g, oh * ow)
+    monkeypatch.setattr(conv_module, "PER_CORE_MIN_FLOPS", 0)
+    x, w, b = tensors((xs, ws), np.float64, 13)
+    gy = np.random.default_rng(14).standard_normal((xs[0], ws[0], oh, ow))
+    wide = []
+    for name in ("_conv2d_wide", "_conv_transpose2d_wide"):
+        inner = getattr(conv_module, name)
+        monkeypatch.setattr(conv_module, name,
+                            lambda *a, _f=inner, _n=name, **k: wide.append(_n) or _f(*a, **k))
+    with numba_threads(workers):
+        got = grads("numba", x, w, b, s, p, d, g, gy)
+    for a, e in zip(got, grads("reference", x, w, b, s, p, d, g, gy)):
+        assert_close(a, e)
+    assert "_conv2d_wide" in wide and "_conv_transpose2d_wide" in wide
 
 
 def test_float32_in_float32_out(impl):
