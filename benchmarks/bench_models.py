@@ -478,15 +478,17 @@ def render_memory(doc: dict[str, Any]) -> str:
     return "\n".join(L)
 
 
-# Why minisegnet's FCN steps take ~2.8x PyTorch's memory (a property of the code, not of a run)
+# What the memory columns showed and what changed (a property of the code, not of a run)
 MEMORY_NOTE = (
-    "Where minisegnet's peak is larger, most of it is its Adam step (`minisegnet/optim.py`), "
-    "which computes `m += (1 - b1) * grad`, `v += (1 - b2) * grad * grad` and "
-    "`p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps)` with whole-array temporaries: measured "
-    "under tracemalloc on FCN's fc6 weight alone (4096x512x7x7, 392 MB), one Adam step allocates "
-    "784 MB, twice the parameter, where PyTorch's Adam updates in place. With FCN's 134M "
-    "parameters that is most of the 1.9 GB between the two libraries' FCN peaks; the U-Nets' "
-    "smaller gap (+60 MB to +125 MB) is the same effect on 31M parameters plus activations.")
+    "Until 2026-12-03 minisegnet's FCN steps peaked at 2.9 GB above the weights, 2.8x PyTorch's. "
+    "Not Adam (it updates in 64K-element chunks, no whole-parameter temporaries) but fc6's "
+    "backward: a 7x7 conv from 512 to 4096 channels on 11x11 -> 5x5, whose 411 MB weight is far "
+    "bigger than its columns. The conv driver summed a weight-sized gradient per core, each with "
+    "weight-sized temporaries, and ran the stride-1 adjoint as the conv of gy on x's 4.8x larger "
+    "grid (13 s of a 20 s step). Such wide passes now run as one GEMM cut among the cores by "
+    "output channels (`kernels/conv2d.py`, `_wide`): FCN-32s's step measured 963 MB and 7.3 s "
+    "(one run, machine busy) against 2912 MB and 19-22 s before. The U-Nets' peaks stay "
+    "30-45% above PyTorch's; that gap is activations kept for backward and is not broken down yet.")
 
 
 def _ms(r: dict[str, Any] | None) -> str:
