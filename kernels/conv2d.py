@@ -330,6 +330,18 @@ def _wide(workers: int, N: int, Og: int, P: int) -> bool:
     return workers > 0 and Og >= N * P
 
 
+def _side_by_side(a: np.ndarray, N: int, G: int, R: int, P: int) -> np.ndarray:
+    """(N, G, R, P) -> (G, R, N*P), contiguous: the batch's images side by side, so that one GEMM
+    per group covers them all."""
+    return np.ascontiguousarray(a.reshape(N, G, R, P).transpose(1, 2, 0, 3)).reshape(G, R, N * P)
+
+
+def _apart(a: np.ndarray, N: int, P: int) -> np.ndarray:
+    """(G, R, N*P) -> (N, G*R, P), contiguous: :func:`_side_by_side` undone."""
+    G, R = a.shape[:2]
+    return np.ascontiguousarray(a.reshape(G, R, N, P).transpose(2, 0, 1, 3)).reshape(N, G * R, P)
+
+
 def _conv2d_wide(x: Any, w: Any, gy: Any, stride: Pair, padding: Pair, dilation: Pair, G: int,
                  out_hw: Pair, w_shape: tuple, workers: int) -> tuple[Any, Any]:
     """:func:`conv2d_array` where :func:`_wide`: the columns of the whole batch at once (no bigger
@@ -341,16 +353,13 @@ def _conv2d_wide(x: Any, w: Any, gy: Any, stride: Pair, padding: Pair, dilation:
     oh, ow = out_hw
     Og, K, P = O // G, Cg * kh * kw, oh * ow
     cols = kernel("im2col_serial", x)(x, (kh, kw), stride, padding, dilation, out_hw)
-    # (N, G, Cg*KH*KW, OH*OW) -> (G, Cg*KH*KW, N*OH*OW): the batch side by side, one GEMM
-    cols = np.ascontiguousarray(cols.reshape(N, G, K, P).transpose(1, 2, 0, 3)).reshape(G, K, N * P)
+    cols = _side_by_side(cols, N, G, K, P)  # (G, Cg*KH*KW, N*OH*OW)
     y = gw = yT = gyT = None
     if w is not None:
         w3 = w.reshape(G, Og, K)  # (G, O/G, Cg*KH*KW)
         yT = np.empty((G, Og, N * P), dtype=x.dtype)  # (G, O/G, N*OH*OW)
     if gy is not None:
-        # (N, G, O/G, OH*OW) -> (G, O/G, N*OH*OW)
-        gyT = np.ascontiguousarray(gy.reshape(N, G, Og, P).transpose(1, 2, 0, 3))
-        gyT = gyT.reshape(G, Og, N * P)
+        gyT = _side_by_side(gy, N, G, Og, P)  # (G, O/G, N*OH*OW)
         gw = np.empty((O, Cg, kh, kw), dtype=x.dtype)
         gw3 = gw.reshape(G, Og, K)  # (G, O/G, Cg*KH*KW), a view
 
@@ -363,9 +372,7 @@ def _conv2d_wide(x: Any, w: Any, gy: Any, stride: Pair, padding: Pair, dilation:
 
     _run_blocks(workers, lambda chunk: [run(r) for r in chunk], _cpu_pool.split(Og, workers))
     if w is not None:
-        # (G, O/G, N, OH*OW) -> (N, O, OH, OW)
-        y = np.ascontiguousarray(yT.reshape(G, Og, N, P).transpose(2, 0, 1, 3))
-        y = y.reshape(N, O, oh, ow)
+        y = _apart(yT, N, P).reshape(N, O, oh, ow)
     return y, gw
 
 
@@ -377,18 +384,15 @@ def _conv_transpose2d_wide(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddin
     _, Cg, kh, kw = w.shape
     Og, K, P = O // G, Cg * kh * kw, oh * ow
     wT = w.reshape(G, Og, K).transpose(0, 2, 1)  # (G, Cg*KH*KW, O/G), a view
-    # (N, G, O/G, OH*OW) -> (G, O/G, N*OH*OW)
-    gyT = np.ascontiguousarray(gy.reshape(N, G, Og, P).transpose(1, 2, 0, 3)).reshape(G, Og, N * P)
+    gyT = _side_by_side(gy, N, G, Og, P)  # (G, O/G, N*OH*OW)
     gcols = np.empty((G, K, N * P), dtype=gy.dtype)
 
     def run(rows: tuple[int, int]) -> None:
         np.matmul(wT[:, rows[0]:rows[1]], gyT, out=gcols[:, rows[0]:rows[1]])
 
     _run_blocks(workers, lambda chunk: [run(r) for r in chunk], _cpu_pool.split(K, workers))
-    # (G, Cg*KH*KW, N, OH*OW) -> (N, C*KH*KW, OH*OW)
-    gcols = np.ascontiguousarray(gcols.reshape(G, K, N, P).transpose(2, 0, 1, 3))
-    return kernel("col2im_serial", gy)(gcols.reshape(N, G * K, P), tuple(x_shape), (kh, kw), stride,
-                                padding, dilation, (oh, ow))
+    return kernel("col2im_serial", gy)(_apart(gcols, N, P), tuple(x_shape), (kh, kw), stride,
+                                       padding, dilation, (oh, ow))  # from (N, C*KH*KW, OH*OW)
 
 
 def conv2d_array(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, groups: int,
@@ -422,9 +426,8 @@ def conv2d_array(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, gr
     x = xp.ascontiguousarray(x)
     workers = _workers(impl, xp, 2.0 * N * O * K * oh * ow)
     if _wide(workers, N, Og, oh * ow):
-        return _conv2d_wide(x, w, None if gy is None else xp.ascontiguousarray(gy), stride,
-                            padding, dilation, G, out_hw, w.shape if w is not None else w_shape,
-                            workers)
+        return _conv2d_wide(x, w, gy, stride, padding, dilation, G, out_hw,
+                            w.shape if w is not None else w_shape, workers)
     im2col = kernel("im2col_serial" if workers else "im2col", x)
     blocks = _blocks(impl, N, C * kh * kw * ow * x.itemsize, oh, max(workers, 1),
                      _block_budget(impl, Cg * kh * kw))
@@ -484,8 +487,7 @@ def conv_transpose2d_array(gy: Any, w: Any, x_shape: tuple, stride: Pair, paddin
     xp = get_array_module(gy)
     workers = _workers(impl, xp, 2.0 * N * O * K * oh * ow)
     if _wide(workers, N, Og, oh * ow):
-        return _conv_transpose2d_wide(xp.ascontiguousarray(gy), w, x_shape, stride, padding,
-                                      dilation, G, workers)
+        return _conv_transpose2d_wide(gy, w, x_shape, stride, padding, dilation, G, workers)
     if _adjoint_is_a_conv(impl, stride, padding, dilation, w.shape, (H, W), (oh, ow)):
         # With stride 1 the adjoint is itself a conv2d: of gy, with the kernel rotated by 180
         # degrees and its two channel axes swapped, padding d(k-1) - p, on x's grid. That GEMM
